@@ -1,0 +1,68 @@
+"""`seg2sat <stage> [hydra overrides]`: one subcommand per stage.
+
+`seg2sat train lr=1e-4` is `python train.py lr=1e-4`: both compose `conf/<stage>.yaml` with
+Hydra (so `--cfg job`, `--multirun` and overrides work the same) and call the stage's
+`run(cfg)`. Multi-GPU training goes through `accelerate launch train.py ...` instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from omegaconf import DictConfig
+
+from seg2sat.config import conf_dir
+
+# subcommand -> (config name, module with run(cfg), one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "sample-data": ("sample_data", "seg2sat.stages.sample_data", "write the synthetic FLAIR-layout sample dataset"),
+    "prepare": ("prepare", "seg2sat.stages.prepare", "FLAIR tiles -> colour hints, images, captions, manifest"),
+    "train": ("train", "seg2sat.stages.train", "fine-tune a ControlNet (use `accelerate launch train.py` for multi-GPU)"),
+    "export": ("export", "seg2sat.stages.export", "checkpoint -> model folder for inference and the app"),
+    "infer": ("infer", "seg2sat.stages.infer", "land-cover GeoTIFF/PNG/vector -> georeferenced aerial GeoTIFF"),
+    "demo": ("demo", "seg2sat.stages.demo", "sample data -> prepare -> train -> export -> a generated image"),
+    "app": ("app", "seg2sat.stages.app", "start the Streamlit app"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: seg2sat <command> [hydra overrides ...]", "", "commands:"]
+    lines += [f"  {name:<12} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "examples: seg2sat demo", "          seg2sat prepare data_root=/data/FLAIR workers=8",
+              "          seg2sat train --cfg job   (print the composed config)"]
+    return "\n".join(lines)
+
+
+def hydra_entry(config_name: str, run: Callable[[DictConfig], object]) -> Callable[[], None]:
+    """Wrap `run` in `@hydra.main` for `conf/<config_name>.yaml` (used by the CLI)."""
+    import hydra
+
+    @hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")
+    def _main(cfg: DictConfig) -> None:
+        run(cfg)
+
+    return _main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch to a stage; the remaining arguments are Hydra's."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"seg2sat: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    config_name, module_name, _ = COMMANDS[command]
+    run = importlib.import_module(module_name).run
+    # Hydra reads sys.argv: make it look like `python <stage>.py <overrides>`.
+    sys.argv = [f"seg2sat {command}", *rest]
+    hydra_entry(config_name, run)()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

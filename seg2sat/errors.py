@@ -1,0 +1,31 @@
+"""Exception classes. Every message names the file (or input) and the problem."""
+
+from __future__ import annotations
+
+
+class Seg2SatError(Exception):
+    """Base class of all Seg2Sat errors: bad input, missing weights, inconsistent data."""
+
+
+class RasterError(Seg2SatError):
+    """A raster cannot be used: unreadable, wrong bands/dtype, missing georeferencing, ..."""
+
+
+class LegendError(Seg2SatError):
+    """Class codes or hint colours outside the legend."""
+
+
+class GeoreferenceError(RasterError):
+    """Missing CRS/transform, rotated or sheared transform, or two rasters that do not align."""
+
+
+class DatasetError(Seg2SatError):
+    """A FLAIR tree or prepared dataset is missing files or inconsistent."""
+
+
+class VectorError(Seg2SatError):
+    """A vector layer cannot be rasterized: missing column, invalid or empty geometries."""
+
+
+class ModelError(Seg2SatError):
+    """Model weights missing, unreadable, or in a format we refuse (pickle, remote code)."""

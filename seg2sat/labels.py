@@ -1,0 +1,147 @@
+"""The FLAIR land-cover legend: code, name and colour of each class.
+
+This module is the only place where class names and colours live. The colour hint the
+ControlNet sees, the app's palette, the captions and the README table all read it.
+The colours are those the public Seg2Sat ControlNet was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LandCoverClass:
+    """One FLAIR class."""
+
+    code: int
+    name: str
+    hex: str
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        """The colour as an (R, G, B) tuple of ints in 0..255."""
+        h = self.hex.lstrip("#")
+        return (int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16))
+
+
+CLASSES: tuple[LandCoverClass, ...] = (
+    LandCoverClass(1, "building", "#db0e9a"),
+    LandCoverClass(2, "pervious surface", "#938e7b"),
+    LandCoverClass(3, "impervious surface", "#f80c00"),
+    LandCoverClass(4, "bare soil", "#a97101"),
+    LandCoverClass(5, "water", "#1553ae"),
+    LandCoverClass(6, "coniferous", "#194a26"),
+    LandCoverClass(7, "deciduous", "#46e483"),
+    LandCoverClass(8, "brushwood", "#f3a60d"),
+    LandCoverClass(9, "vineyard", "#660082"),
+    LandCoverClass(10, "herbaceous vegetation", "#55ff00"),
+    LandCoverClass(11, "agricultural land", "#fff30d"),
+    LandCoverClass(12, "plowed land", "#e4df7c"),
+    LandCoverClass(13, "swimming pool", "#3de6eb"),
+    LandCoverClass(14, "snow", "#ffffff"),
+    LandCoverClass(15, "clear cut", "#8ab3a0"),
+    LandCoverClass(16, "mixed", "#6b714f"),
+    LandCoverClass(17, "ligneous", "#c5dc42"),
+    LandCoverClass(18, "greenhouse", "#9999ff"),
+    LandCoverClass(19, "other", "#000000"),
+)
+
+NUM_CLASSES: int = len(CLASSES)
+CODES: tuple[int, ...] = tuple(c.code for c in CLASSES)
+MIN_CODE, MAX_CODE = min(CODES), max(CODES)
+OTHER_CODE: int = 19
+BY_CODE: dict[int, LandCoverClass] = {c.code: c for c in CLASSES}
+BY_NAME: dict[str, LandCoverClass] = {c.name: c for c in CLASSES}
+NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
+
+# PALETTE[code] is the colour of `code`; row 0 is not a class (FLAIR codes start at 1) and is
+# black only so that `PALETTE[mask]` is one vectorised lookup. Validate codes before using it.
+PALETTE: np.ndarray = np.zeros((MAX_CODE + 1, 3), dtype=np.uint8)
+for _c in CLASSES:
+    PALETTE[_c.code] = _c.rgb
+PALETTE.setflags(write=False)
+
+# The 13-class setting of the FLAIR-1 challenge: codes 13..19 are too rare to learn and are
+# merged into "other". MERGE13_TO_LEGEND keeps the result inside the 19-code legend (so its
+# colour hint is valid); MERGE13_TO_1_13 gives the compact 1..13 numbering used by models.
+MERGE13_THRESHOLD: int = 12
+MERGE13_TO_LEGEND: np.ndarray = np.array(
+    [0, *range(1, MERGE13_THRESHOLD + 1), *[OTHER_CODE] * (MAX_CODE - MERGE13_THRESHOLD)],
+    dtype=np.uint8,
+)
+MERGE13_TO_1_13: np.ndarray = np.array(
+    [0, *range(1, MERGE13_THRESHOLD + 1), *[MERGE13_THRESHOLD + 1] * (MAX_CODE - MERGE13_THRESHOLD)],
+    dtype=np.uint8,
+)
+
+
+def class_name(code: int) -> str:
+    """Name of a FLAIR code; raises KeyError naming the code when it is not in the legend."""
+    try:
+        return BY_CODE[int(code)].name
+    except KeyError:
+        raise KeyError(f"code {code} is not in the FLAIR legend (valid: 1..{MAX_CODE})") from None
+
+
+def code_of(name: str) -> int:
+    """Code of a class name (case-insensitive)."""
+    cls = BY_NAME.get(name.strip().lower())
+    if cls is None:
+        raise KeyError(f"{name!r} is not a FLAIR class name; known: {', '.join(NAMES)}")
+    return cls.code
+
+
+def merge13(codes: np.ndarray, compact: bool = False) -> np.ndarray:
+    """Merge codes > 12 into "other": legend code 19, or 13 when `compact`."""
+    lut = MERGE13_TO_1_13 if compact else MERGE13_TO_LEGEND
+    return lut[codes]
+
+
+def class_shares(codes: np.ndarray, valid: np.ndarray | None = None) -> dict[str, float]:
+    """Share of each class present in `codes` (only `valid` pixels), largest first."""
+    values = codes[valid] if valid is not None else codes.ravel()
+    if values.size == 0:
+        return {}
+    counts = np.bincount(values.astype(np.int64, copy=False), minlength=MAX_CODE + 1)
+    total = float(counts[1:].sum())
+    if total == 0:
+        return {}
+    shares = {BY_CODE[c].name: counts[c] / total for c in CODES if counts[c] > 0}
+    return dict(sorted(shares.items(), key=lambda kv: (-kv[1], BY_NAME[kv[0]].code)))
+
+
+def legend_markdown() -> str:
+    """A Markdown table of the legend (used in the README and model cards)."""
+    rows = ["| code | class | colour |", "| ---: | --- | --- |"]
+    rows += [f"| {c.code} | {c.name} | `{c.hex}` |" for c in CLASSES]
+    return "\n".join(rows)
+
+
+def legend_figure(path: str | Path) -> Path:
+    """Draw the legend as a PNG of swatches and names; returns the path written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(4.2, 0.32 * NUM_CLASSES + 0.3))
+    for i, c in enumerate(CLASSES):
+        y = NUM_CLASSES - 1 - i
+        ax.add_patch(Rectangle((0, y + 0.1), 0.8, 0.8, color=c.hex, ec="#444444", lw=0.5))
+        ax.text(1.0, y + 0.5, f"{c.code:>2}  {c.name}", va="center", fontsize=9)
+    ax.set_xlim(0, 6)
+    ax.set_ylim(0, NUM_CLASSES)
+    ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,64 @@
+import re
+
+import numpy as np
+import pytest
+
+from seg2sat import labels
+
+
+def _readme_legend(flair_samples):
+    text = (flair_samples / "README.md").read_text(encoding="utf-8")
+    return [(int(c), n.strip(), h) for c, n, h in re.findall(r"(\d+) ([a-z ]+?) (#[0-9a-f]{6})", text)]
+
+
+def test_legend_matches_the_flair_readme(flair_samples):
+    expected = _readme_legend(flair_samples)
+    assert len(expected) == 19
+    assert [(c.code, c.name, c.hex) for c in labels.CLASSES] == expected
+
+
+def test_palette_is_a_lookup_table_by_code():
+    assert labels.PALETTE.shape == (20, 3) and labels.PALETTE.dtype == np.uint8
+    assert tuple(labels.PALETTE[1]) == (0xDB, 0x0E, 0x9A)
+    assert tuple(labels.PALETTE[19]) == (0, 0, 0)
+    assert len({tuple(labels.PALETTE[c]) for c in labels.CODES}) == 19  # colours are distinct
+    with pytest.raises(ValueError):
+        labels.PALETTE[1] = 0  # read-only: one source of truth
+
+
+def test_merge13_keeps_1_12_and_merges_the_rest():
+    codes = np.arange(1, 20, dtype=np.uint8)
+    assert labels.merge13(codes).tolist() == list(range(1, 13)) + [19] * 7
+    assert labels.merge13(codes, compact=True).tolist() == list(range(1, 13)) + [13] * 7
+
+
+def test_names_and_codes_lookup():
+    assert labels.class_name(5) == "water"
+    assert labels.code_of("Agricultural Land") == 11
+    with pytest.raises(KeyError, match="code 20 is not in the FLAIR legend"):
+        labels.class_name(20)
+    with pytest.raises(KeyError, match="'road' is not a FLAIR class name"):
+        labels.code_of("road")
+
+
+def test_class_shares_sorted_by_share_and_masked():
+    codes = np.array([[1, 1, 5], [5, 5, 19]], dtype=np.uint8)
+    shares = labels.class_shares(codes)
+    assert list(shares) == ["water", "building", "other"]
+    assert shares["water"] == pytest.approx(0.5)
+    valid = np.array([[True, True, False], [False, False, True]])
+    assert labels.class_shares(codes, valid) == {"building": pytest.approx(2 / 3), "other": pytest.approx(1 / 3)}
+    assert labels.class_shares(codes, np.zeros_like(valid)) == {}
+
+
+def test_legend_markdown_and_figure(tmp_path):
+    md = labels.legend_markdown()
+    assert md.count("\n") == 20 and "| 13 | swimming pool | `#3de6eb` |" in md
+    out = labels.legend_figure(tmp_path / "legend.png")
+    from PIL import Image
+
+    img = np.asarray(Image.open(out).convert("RGB"))
+    assert img.shape[0] > 100
+    # every legend colour is painted as a swatch
+    found = {tuple(p) for p in img.reshape(-1, 3)}
+    assert all(tuple(int(v) for v in labels.PALETTE[c]) in found for c in labels.CODES)

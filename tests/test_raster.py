@@ -1,0 +1,163 @@
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from seg2sat import raster
+from seg2sat.errors import GeoreferenceError, LegendError, RasterError
+
+T = Affine(0.2, 0, 407473.0, 0, -0.2, 6260587.6)
+CRS_L93 = CRS.from_epsg(2154)
+
+
+def _write(path, array, crs=CRS_L93, transform=T, nodata=None, **kw):
+    count, h, w = array.shape
+    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=count, dtype=array.dtype,
+                       crs=crs, transform=transform, nodata=nodata, **kw) as dst:
+        dst.write(array)
+    return path
+
+
+@pytest.fixture
+def img_msk(tmp_path):
+    rng = np.random.default_rng(0)
+    img = _write(tmp_path / "IMG_000001.tif", rng.integers(0, 255, (5, 32, 48), dtype=np.uint8))
+    msk = _write(tmp_path / "MSK_000001.tif", rng.integers(1, 20, (1, 32, 48), dtype=np.uint8))
+    return img, msk
+
+
+def test_read_pair_keeps_georeferencing(img_msk):
+    img, msk = raster.read_flair_pair(*img_msk)
+    assert img.array.shape == (5, 32, 48) and img.array.dtype == np.uint8
+    assert msk.array.shape == (1, 32, 48)
+    assert img.crs == CRS_L93 and img.transform == T and msk.transform == T
+    assert img.rgb().shape == (32, 48, 3)
+    assert img.bounds == pytest.approx((407473.0, 6260587.6 - 6.4, 407473.0 + 9.6, 6260587.6))
+
+
+def test_window_read_has_the_window_transform(img_msk):
+    full = raster.read_flair_img(img_msk[0])
+    win = raster.read_flair_img(img_msk[0], window=Window(8, 4, 16, 10))
+    assert win.array.shape == (5, 10, 16)
+    np.testing.assert_array_equal(win.array, full.array[:, 4:14, 8:24])
+    assert win.transform == T @ Affine.translation(8, 4)
+    with pytest.raises(RasterError, match="outside the 48x32 raster"):
+        raster.read_flair_img(img_msk[0], window=Window(40, 0, 16, 10))
+
+
+def test_wrong_band_count(tmp_path):
+    p = _write(tmp_path / "IMG_1.tif", np.zeros((3, 8, 8), np.uint8))
+    with pytest.raises(RasterError, match=r"IMG_1.tif: expected 5 bands .*found 3"):
+        raster.read_flair_img(p)
+    p = _write(tmp_path / "MSK_1.tif", np.ones((2, 8, 8), np.uint8))
+    with pytest.raises(RasterError, match=r"MSK_1.tif: expected 1 band of class codes, found 2"):
+        raster.read_flair_msk(p)
+
+
+def test_wrong_dtype(tmp_path):
+    p = _write(tmp_path / "IMG_1.tif", np.zeros((5, 8, 8), np.uint16))
+    with pytest.raises(RasterError, match=r"IMG_1.tif: expected uint8 bands, found uint16"):
+        raster.read_flair_img(p)
+    p = _write(tmp_path / "MSK_1.tif", np.ones((1, 8, 8), np.float32))
+    with pytest.raises(RasterError, match=r"MSK_1.tif: expected uint8 class codes, found float32"):
+        raster.read_flair_msk(p)
+
+
+def test_codes_outside_legend(tmp_path):
+    a = np.ones((1, 8, 8), np.uint8)
+    a[0, 0, :3] = 0
+    a[0, 1, 0] = 42
+    p = _write(tmp_path / "MSK_1.tif", a)
+    with pytest.raises(LegendError, match=r"MSK_1.tif: codes outside the FLAIR legend 1..19 \(0: 3 px, 42: 1 px\)"):
+        raster.read_flair_msk(p)
+
+
+def test_missing_crs_and_transform(tmp_path):
+    p = _write(tmp_path / "nocrs.tif", np.ones((1, 8, 8), np.uint8), crs=None)
+    with pytest.raises(GeoreferenceError, match=r"nocrs.tif: no CRS"):
+        raster.read_flair_msk(p)
+    assert raster.read_raster(p, crs="EPSG:2154").crs == CRS_L93
+    p = _write(tmp_path / "notransform.tif", np.ones((1, 8, 8), np.uint8), transform=Affine.identity())
+    with pytest.raises(GeoreferenceError, match=r"notransform.tif: no geotransform"):
+        raster.read_raster(p)
+
+
+def test_rotated_transform_refused(tmp_path):
+    p = _write(tmp_path / "rot.tif", np.ones((1, 8, 8), np.uint8),
+               transform=T @ Affine.rotation(10))
+    with pytest.raises(GeoreferenceError, match=r"rot.tif: rotated or sheared geotransform"):
+        raster.read_raster(p)
+
+
+def test_size_and_georef_mismatch(tmp_path):
+    img = _write(tmp_path / "IMG_1.tif", np.zeros((5, 8, 8), np.uint8))
+    small = _write(tmp_path / "MSK_1.tif", np.ones((1, 8, 4), np.uint8))
+    with pytest.raises(GeoreferenceError, match=r"IMG_1.tif and .*MSK_1.tif: size mismatch, image 8x8 vs mask 4x8"):
+        raster.read_flair_pair(img, small)
+    moved = _write(tmp_path / "MSK_2.tif", np.ones((1, 8, 8), np.uint8), transform=T @ Affine.translation(1, 0))
+    with pytest.raises(GeoreferenceError, match=r"MSK_2.tif: georeferencing mismatch"):
+        raster.read_flair_pair(img, moved)
+
+
+def test_corrupt_truncated_empty_missing(tmp_path, img_msk):
+    (tmp_path / "junk.tif").write_bytes(b"this is not a tiff at all")
+    with pytest.raises(RasterError, match=r"junk.tif: not a readable raster"):
+        raster.read_raster(tmp_path / "junk.tif")
+    (tmp_path / "empty.tif").write_bytes(b"")
+    with pytest.raises(RasterError, match=r"empty.tif: empty file \(0 bytes\)"):
+        raster.read_raster(tmp_path / "empty.tif")
+    with pytest.raises(RasterError, match=r"nope.tif: file not found"):
+        raster.read_raster(tmp_path / "nope.tif")
+    data = img_msk[0].read_bytes()
+    (tmp_path / "trunc.tif").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RasterError, match=r"trunc.tif: .*(corrupt or truncated)"):
+        raster.read_flair_img(tmp_path / "trunc.tif")
+
+
+def test_write_geotiff_round_trip_keeps_crs_transform_nodata(tmp_path):
+    arr = np.arange(3 * 40 * 50, dtype=np.uint8).reshape(3, 40, 50)
+    out = raster.write_geotiff(tmp_path / "o.tif", arr, CRS_L93, T, nodata=0, cog=True)
+    back = raster.read_raster(out)
+    assert back.crs == CRS_L93 and back.transform == T and back.nodata == 0
+    np.testing.assert_array_equal(back.array, arr)
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_cog_has_tiles_and_overviews(tmp_path):
+    arr = np.zeros((3, 600, 600), np.uint8)
+    out = raster.write_geotiff(tmp_path / "big.tif", arr, CRS_L93, T, cog=True)
+    with rasterio.open(out) as src:
+        assert src.profile["tiled"] and src.block_shapes[0] == (512, 512)
+        assert src.overviews(1) == [2]
+        assert src.compression.name.lower() == "deflate"
+
+
+def test_windowed_writer_is_atomic(tmp_path):
+    path = tmp_path / "w.tif"
+    with pytest.raises(RuntimeError):
+        with raster.open_geotiff_writer(path, 64, 64, 3, "uint8", CRS_L93, T) as w:
+            w.write(np.ones((3, 32, 32), np.uint8), Window(0, 0, 32, 32))
+            raise RuntimeError("killed")
+    assert not path.exists() and not list(tmp_path.glob(".tmp-*"))
+    with raster.open_geotiff_writer(path, 64, 64, 3, "uint8", CRS_L93, T, nodata=0) as w:
+        for r in (0, 32):
+            for c in (0, 32):
+                w.write(np.full((3, 32, 32), r + c + 1, np.uint8), Window(c, r, 32, 32))
+    back = raster.read_raster(path)
+    assert back.transform == T and back.array[0, 40, 40] == 65 and back.array[0, 0, 40] == 33
+
+
+def test_real_float_landcover_raster_keeps_georeferencing(geo_samples, tmp_path):
+    src = raster.read_raster(geo_samples / "strata.tif")
+    assert src.array.shape == (1, 443, 489) and src.array.dtype == np.float32
+    assert src.crs == CRS.from_epsg(3358)
+    assert src.transform == Affine(28.5, 0, 630534.0, 0, -28.5, 228114.0)
+    assert src.nodata == -99999
+    assert (~src.valid_mask()).sum() == 1
+    assert set(np.unique(src.array[0][src.valid_mask()])) == {1, 2, 3, 4, 5, 6, 7}
+    out = raster.write_geotiff(tmp_path / "s.tif", src.array, src.crs, src.transform, src.nodata)
+    back = raster.read_raster(out)
+    assert back.crs == src.crs and back.transform == src.transform and back.nodata == src.nodata
+    np.testing.assert_array_equal(back.array, src.array)
