@@ -62,3 +62,11 @@ def test_legend_markdown_and_figure(tmp_path):
     # every legend colour is painted as a swatch
     found = {tuple(p) for p in img.reshape(-1, 3)}
     assert all(tuple(int(v) for v in labels.PALETTE[c]) in found for c in labels.CODES)
+
+
+def test_readme_legend_table_is_generated_from_labels():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("<!-- legend:start -->\n", 1)[1].split("\n<!-- legend:end -->", 1)[0]
+    assert table == labels.legend_markdown()

@@ -1,0 +1,69 @@
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from seg2sat.data.flair import METADATA_NAME, discover
+from seg2sat.errors import DatasetError
+
+T = Affine(0.2, 0, 400000.0, 0, -0.2, 6200000.0)
+
+
+def _tif(path, bands=1):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=bands, dtype="uint8",
+                       crs="EPSG:2154", transform=T) as dst:
+        dst.write(np.ones((bands, 8, 8), np.uint8))
+
+
+def test_official_layout_pairs_across_sibling_trees(tmp_path):
+    for split in ("train", "test"):
+        for tid, dom, zone in (("000001", "D064_2021", "Z7_UA"), ("000002", "D033_2020", "Z1_AU")):
+            tid = tid if split == "train" else str(int(tid) + 100).zfill(6)
+            _tif(tmp_path / f"flair_aerial_{split}" / dom / zone / "img" / f"IMG_{tid}.tif", 5)
+            _tif(tmp_path / f"flair_labels_{split}" / dom / zone / "msk" / f"MSK_{tid}.tif")
+    found = discover(tmp_path)
+    assert [t.id for t in found.tiles] == ["000001", "000002", "000101", "000102"]
+    t = found.tiles[0]
+    assert (t.domain, t.zone) == ("D064_2021", "Z7_UA")
+    assert t.img.name == "IMG_000001.tif" and t.msk.name == "MSK_000001.tif"
+    assert "flair_labels_train" in t.msk.parts
+    assert found.orphan_images == [] and found.orphan_masks == []
+
+
+def test_flat_folder_with_orphans_and_metadata(tmp_path):
+    for tid in ("000010", "000011"):
+        _tif(tmp_path / f"IMG_{tid}.tif", 5)
+    _tif(tmp_path / "MSK_000010.tif")
+    _tif(tmp_path / "MSK_000099.tif")
+    meta = {"IMG_000010": {"domain": "D075_2019", "zone": "Z2_UU", "date": "2019-06-01",
+                           "patch_centroid_x": 1.0, "display_name": "Paris, France"}}
+    (tmp_path / METADATA_NAME).write_text(json.dumps(meta))
+    found = discover(tmp_path)
+    assert [t.id for t in found.tiles] == ["000010"]
+    assert found.tiles[0].domain == "D075_2019" and found.tiles[0].meta["display_name"] == "Paris, France"
+    assert [p.name for p in found.orphan_images] == ["IMG_000011.tif"]
+    assert [p.name for p in found.orphan_masks] == ["MSK_000099.tif"]
+    assert found.metadata_file == tmp_path / METADATA_NAME
+    assert "1 tiles, 1 images without mask, 1 masks without image" in found.summary()
+
+
+def test_nothing_found_names_the_root(tmp_path):
+    (tmp_path / "readme.txt").write_text("hi")
+    with pytest.raises(DatasetError, match=rf"{tmp_path}: no FLAIR tiles found"):
+        discover(tmp_path)
+    with pytest.raises(DatasetError, match="FLAIR root is not a folder"):
+        discover(tmp_path / "missing")
+
+
+def test_duplicate_ids_and_bad_metadata(tmp_path):
+    _tif(tmp_path / "a" / "IMG_000001.tif", 5)
+    _tif(tmp_path / "b" / "IMG_000001.tif", 5)
+    with pytest.raises(DatasetError, match="image id 000001 appears twice"):
+        discover(tmp_path)
+    (tmp_path / "b" / "IMG_000001.tif").unlink()
+    (tmp_path / METADATA_NAME).write_text("{not json")
+    with pytest.raises(DatasetError, match=rf"{METADATA_NAME}: unreadable metadata JSON"):
+        discover(tmp_path)

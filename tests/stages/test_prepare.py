@@ -1,0 +1,106 @@
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+from PIL import Image
+
+from seg2sat.errors import DatasetError, RasterError
+from seg2sat.hints import hint_to_codes
+from seg2sat.stages import prepare, sample_data
+from seg2sat.stages.prepare import split_domains
+
+
+@pytest.fixture
+def sample_root(stage_cfg):
+    res = sample_data.run(stage_cfg("sample_data", "tiles_per_domain=3", "size=32"))
+    assert res.n_tiles == 12
+    return res.root
+
+
+def _manifest(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_prepare_writes_the_documented_layout(stage_cfg, sample_root):
+    res = prepare.run(stage_cfg("prepare", "workers=2"))
+    out = res.prepared_dir
+    assert (res.n_done, res.n_skipped, res.n_failed) == (12, 0, 0)
+    rows = _manifest(res.manifest_path)
+    assert [r["id"] for r in rows] == sorted(r["id"] for r in rows) and len(rows) == 12
+    r = rows[0]
+    hint = np.asarray(Image.open(out / r["hint"]))
+    image = np.asarray(Image.open(out / r["image"]))
+    assert hint.shape == image.shape == (32, 32, 3)
+    codes = hint_to_codes(hint)  # legend colours only
+    assert sum(r["shares"].values()) == pytest.approx(1.0)
+    assert r["caption"].startswith(f"Aerial view of Pyrénées-Atlantiques. {next(iter(r['shares']))}")
+    assert r["shares"] == pytest.approx({k: v for k, v in r["shares"].items()})
+    assert np.bincount(codes.ravel(), minlength=20)[1:].tolist() == r["pixels"]
+    # footprints: one polygon per tile, EPSG:2154, bounds of the tile
+    fp = gpd.read_file(out / "footprints.gpkg", layer="tiles")
+    assert fp.crs.to_epsg() == 2154 and len(fp) == 12
+    row = fp.set_index("id").loc[r["id"]]
+    assert row.geometry.bounds == pytest.approx(tuple(r["bounds"]))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_tiles"] == 12 and sum(summary["per_split"].values()) == 12
+    assert (out / "class_histogram.png").stat().st_size > 1000
+
+
+def test_split_is_by_domain_without_leakage(stage_cfg, sample_root):
+    rows = _manifest(prepare.run(stage_cfg("prepare")).manifest_path)
+    train = {r["domain"] for r in rows if r["split"] == "train"}
+    val = {r["domain"] for r in rows if r["split"] == "val"}
+    assert train and val and not (train & val)
+    rows = _manifest(prepare.run(stage_cfg("prepare", "split.val_domains=[D033_2020,D075_2019]")).manifest_path)
+    assert {r["domain"] for r in rows if r["split"] == "val"} == {"D033_2020", "D075_2019"}
+    with pytest.raises(DatasetError, match="val_domains not in the data: D999_2020"):
+        prepare.run(stage_cfg("prepare", "split.val_domains=[D999_2020]"))
+
+
+def test_split_domains_rules():
+    assert split_domains(["A"], None, 0.5, 0) == {"A": "train"}
+    s = split_domains(["A", "B", "C", "D"], None, 0.25, 0)
+    assert sorted(s.values()) == ["train", "train", "train", "val"]
+    assert sorted(split_domains(["A", "B"], None, 0.9, 0).values()) == ["train", "val"]
+    assert s == split_domains(["D", "C", "B", "A"], None, 0.25, 0)  # order does not matter
+
+
+def test_rerun_skips_finished_and_redoes_killed_tiles(stage_cfg, sample_root):
+    res = prepare.run(stage_cfg("prepare"))
+    out = res.prepared_dir
+    rows = _manifest(res.manifest_path)
+    keep = out / rows[1]["hint"]
+    mtime = keep.stat().st_mtime_ns
+    # A killed run: tile 0's images were written but not its record; a temp file is left over.
+    (out / "records" / f"{rows[0]['id']}.json").unlink()
+    (out / "hints" / ".tmp-dead-000000.png").write_bytes(b"half")
+    again = prepare.run(stage_cfg("prepare"))
+    assert (again.n_done, again.n_skipped) == (1, 11)
+    assert keep.stat().st_mtime_ns == mtime
+    assert not list((out / "hints").glob(".tmp-*"))
+    assert _manifest(again.manifest_path) == rows
+
+
+def test_merge13_and_resize(stage_cfg, sample_root):
+    res = prepare.run(stage_cfg("prepare", "merge13=true", "size=16"))
+    for r in _manifest(res.manifest_path):
+        codes = hint_to_codes(np.asarray(Image.open(res.prepared_dir / r["hint"])))
+        assert codes.shape == (16, 16) and codes.max() <= 19 and not (set(np.unique(codes)) & set(range(13, 19)))
+
+
+def test_bad_tile_raises_or_is_skipped(stage_cfg, sample_root):
+    bad = sorted(sample_root.rglob("IMG_*.tif"))[0]
+    bad.write_bytes(b"garbage")
+    with pytest.raises(RasterError, match=rf"{bad.name}: not a readable raster"):
+        prepare.run(stage_cfg("prepare"))
+    res = prepare.run(stage_cfg("prepare", "on_error=skip"))
+    # tiles converted before the error were kept: the second run only finishes the rest
+    assert res.n_failed == 1 and res.n_done + res.n_skipped == 11 and res.n_skipped > 0
+    summary = json.loads((res.prepared_dir / "summary.json").read_text())
+    assert list(summary["failed"]) == [bad.stem.split("_")[1]]
+
+
+def test_missing_root_is_a_clear_error(stage_cfg, tmp_path):
+    with pytest.raises(DatasetError, match="FLAIR root is not a folder"):
+        prepare.run(stage_cfg("prepare", f"data_root={tmp_path}/nope"))

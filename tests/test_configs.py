@@ -1,0 +1,53 @@
+"""Every config composes, every group option composes with the stage that uses it."""
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from seg2sat.config import CONF_DIR, STAGES, compose
+
+TOP = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
+# group -> the stage config that selects it
+GROUP_STAGE = {"model": "train", "logger": "train", "paths": "prepare"}
+
+
+def test_every_stage_has_a_config():
+    assert set(STAGES) <= set(TOP), f"missing: {set(STAGES) - set(TOP)}"
+
+
+@pytest.mark.parametrize("name", TOP)
+def test_top_level_config_composes_and_resolves(name, tmp_path):
+    cfg = compose(name, [f"paths.root_dir={tmp_path}"])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["paths"]["data_dir"] == f"{tmp_path}/data"
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [(g, p.stem) for g in GROUP_STAGE for p in sorted((CONF_DIR / g).glob("*.yaml"))],
+)
+def test_group_option_composes(group, option):
+    cfg = compose(GROUP_STAGE[group], [f"{group}={option}"])
+    OmegaConf.to_container(cfg[group], resolve=True)
+    assert cfg[group] is not None
+
+
+def test_cli_help_and_unknown_command():
+    out = subprocess.run([sys.executable, "-m", "seg2sat.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for command in ("sample-data", "prepare", "train", "export", "infer", "app", "demo"):
+        assert f"  {command} " in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "seg2sat.cli", "frobnicate"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown command 'frobnicate'" in bad.stderr
+
+
+def test_cli_prints_composed_config_with_overrides(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "seg2sat.cli", "prepare", "--cfg", "job", f"paths.root_dir={tmp_path}"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    cfg = OmegaConf.create(out.stdout)
+    assert cfg.paths.root_dir == str(tmp_path)
