@@ -11,18 +11,31 @@ the former.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import albumentations as A
 import cv2
 import numpy as np
 
-Augment = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 CACHE_SAFE_KEYS = frozenset({"hflip", "vflip", "rot90"})
 
 
-def build_augment(cfg: Mapping[str, Any] | None, size: int | None = None) -> Augment | None:
+class JointAugment:
+    """Apply one albumentations pipeline to an image and its hint; `seed` fixes the draw."""
+
+    def __init__(self, compose: A.Compose) -> None:
+        self.compose = compose
+
+    def __call__(self, image: np.ndarray, hint: np.ndarray, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Augmented (image, hint)."""
+        if seed is not None:
+            self.compose.set_random_seed(seed)
+        out = self.compose(image=image, mask=hint)
+        return out["image"], out["mask"]
+
+
+def build_augment(cfg: Mapping[str, Any] | None, size: int | None = None) -> JointAugment | None:
     """Build the joint transform from a config mapping; None when nothing is enabled.
 
     Keys: hflip, vflip, rot90 (probabilities), crop_scale ([min, max] area fraction of a
@@ -45,13 +58,7 @@ def build_augment(cfg: Mapping[str, Any] | None, size: int | None = None) -> Aug
                                          p=1.0))
     if not steps:
         return None
-    compose = A.Compose(steps, seed=cfg.get("seed"))
-
-    def augment(image: np.ndarray, hint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = compose(image=image, mask=hint)
-        return out["image"], out["mask"]
-
-    return augment
+    return JointAugment(A.Compose(steps, seed=cfg.get("seed")))
 
 
 def cache_safe(cfg: Mapping[str, Any] | None) -> bool:

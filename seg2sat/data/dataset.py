@@ -1,0 +1,255 @@
+"""Training data over a prepared manifest, with an exact-resume sampler and a latent cache.
+
+Exact resume: the sampler's order depends only on (seed, epoch) and each rank takes a fixed
+slice of it, so resuming at (epoch, batch) replays no batch and skips none. Every random
+choice made for a sample (augmentation, empty prompt) is seeded by (seed, epoch, index): it
+does not depend on which worker or process loads it, nor on what came before.
+
+Latent cache (`LatentCache`): the VAE posterior (mean and std) of every image and the text
+embedding of every caption are computed once and stored under `<prepared>/cache/<key>/`.
+Training then samples `mean + std * noise`, exactly what `latent_dist.sample()` would give,
+without running the VAE. Only augmentations that commute with the VAE grid can be used with
+the cache: horizontal/vertical flips and 90-degree rotations, applied identically to the
+latents and the hint (`seg2sat.data.augment.cache_safe`). Crops/scales need pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from seg2sat.atomic import atomic_dir
+from seg2sat.data.augment import build_augment
+from seg2sat.errors import DatasetError
+
+
+def read_manifest(prepared_dir: str | Path, split: str | None = None) -> list[dict[str, Any]]:
+    """Records of a prepared dataset (optionally one split), in manifest order."""
+    path = Path(prepared_dir) / "manifest.jsonl"
+    if not path.exists():
+        raise DatasetError(f"{path}: no manifest; run `seg2sat prepare` first")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if split is not None:
+        rows = [r for r in rows if r.get("split") == split]
+    return rows
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """An RGB image file as (H, W, 3) uint8."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A per-sample seed: independent of worker, process and order."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+def dihedral(k: int, flip_h: bool, flip_v: bool, *arrays: torch.Tensor) -> list[torch.Tensor]:
+    """Apply the same flips and rot90 to (C, H, W) tensors (latents and hints alike)."""
+    out = []
+    for a in arrays:
+        if flip_h:
+            a = a.flip(-1)
+        if flip_v:
+            a = a.flip(-2)
+        if k:
+            a = torch.rot90(a, k, dims=(-2, -1))
+        out.append(a.contiguous())
+    return out
+
+
+def dihedral_draw(cfg: Mapping[str, Any] | None, seed: int) -> tuple[int, bool, bool]:
+    """The flips/rotation drawn for one sample from the augmentation probabilities."""
+    cfg = dict(cfg or {})
+    rng = np.random.default_rng(seed)
+    u = rng.random(4)
+    k = int(rng.integers(1, 4)) if u[0] < float(cfg.get("rot90") or 0) else 0
+    return k, bool(u[1] < float(cfg.get("hflip") or 0)), bool(u[2] < float(cfg.get("vflip") or 0))
+
+
+class ShardedEpochSampler(Sampler[int]):
+    """Yields `epoch * n + index` for this rank's share of a seeded permutation.
+
+    The permutation is truncated to a multiple of `world * batch_size` so every rank gets the
+    same number of full batches; `start_batch` skips batches already trained (resume).
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
+                 batch_size: int = 1, start_batch: int = 0) -> None:
+        self.n, self.seed, self.epoch = n, seed, epoch
+        self.rank, self.world, self.batch_size, self.start_batch = rank, world, batch_size, start_batch
+        self.batches_per_epoch = n // (world * batch_size)
+        if self.batches_per_epoch == 0:
+            raise DatasetError(f"{n} samples is fewer than one batch on every process "
+                               f"({world} x {batch_size}); lower batch_size")
+
+    def order(self) -> list[int]:
+        """This rank's sample indexes for the whole epoch."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g)[: self.batches_per_epoch * self.world * self.batch_size]
+        # Rank r takes the r-th batch of every group of `world` consecutive batches.
+        batches = perm.view(self.batches_per_epoch, self.world, self.batch_size)[:, self.rank]
+        return batches.reshape(-1).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        start = self.start_batch * self.batch_size
+        return iter(self.epoch * self.n + i for i in self.order()[start:])
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+class PreparedDataset(Dataset):
+    """Samples of a prepared split for ControlNet training.
+
+    Item `epoch * n + index` is record `index` seen in `epoch` (see ShardedEpochSampler):
+    pixel_values (3, H, W) in [-1, 1], conditioning (3, H, W) in [0, 1] (the hint, never
+    blended: resized with nearest only), input_ids (77,), plus index/epoch/id for bookkeeping.
+    With a `cache`, `latent_mean`/`latent_std`/`text_embeds` replace pixels and tokens.
+    """
+
+    def __init__(self, prepared_dir: str | Path, split: str = "train", resolution: int | None = None,
+                 tokenizer: Any = None, augment: Mapping[str, Any] | None = None, seed: int = 0,
+                 empty_prompt_prob: float = 0.0, cache: LatentCache | None = None) -> None:
+        self.root = Path(prepared_dir)
+        self.records = read_manifest(self.root, split)
+        if not self.records:
+            raise DatasetError(f"{self.root}: no '{split}' tiles in the manifest")
+        self.resolution, self.tokenizer, self.seed = resolution, tokenizer, seed
+        self.empty_prompt_prob = float(empty_prompt_prob)
+        self.augment_cfg = dict(augment or {})
+        self.cache = cache
+        # Pixel path: albumentations for crops; flips/rot90 go through `dihedral` in both paths
+        # so cached and uncached runs draw the same transforms.
+        crop = {k: v for k, v in self.augment_cfg.items() if k == "crop_scale"}
+        self._crop = build_augment(crop, size=resolution) if crop else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _pixels(self, rec: dict[str, Any], seed: int) -> tuple[np.ndarray, np.ndarray]:
+        image = load_rgb(self.root / rec["image"])
+        hint = load_rgb(self.root / rec["hint"])
+        if self._crop is not None:
+            image, hint = self._crop(image, hint, seed=seed)
+        if self.resolution and image.shape[0] != self.resolution:
+            image = np.asarray(Image.fromarray(image).resize((self.resolution,) * 2, Image.BICUBIC))
+            hint = np.asarray(Image.fromarray(hint).resize((self.resolution,) * 2, Image.NEAREST))
+        return image, hint
+
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        epoch, index = divmod(int(key), len(self.records))
+        rec = self.records[index]
+        seed = sample_seed(self.seed, epoch, index)
+        k, fh, fv = dihedral_draw(self.augment_cfg, seed)
+        empty = bool(np.random.default_rng(seed + 1).random() < self.empty_prompt_prob)
+        item: dict[str, Any] = {"index": index, "epoch": epoch, "id": rec["id"], "empty_prompt": empty}
+        if self.cache is not None:
+            mean, std, text = self.cache.get(index, empty)
+            hint = torch.tensor(load_rgb(self.root / rec["hint"])).permute(2, 0, 1).float() / 255
+            mean, std, hint = dihedral(k, fh, fv, mean, std, hint)
+            item.update(latent_mean=mean, latent_std=std, text_embeds=text, conditioning=hint)
+            return item
+        image, hint = self._pixels(rec, seed)
+        pix = torch.tensor(image).permute(2, 0, 1).float() / 127.5 - 1
+        cond = torch.tensor(hint).permute(2, 0, 1).float() / 255
+        pix, cond = dihedral(k, fh, fv, pix, cond)
+        item.update(pixel_values=pix, conditioning=cond)
+        if self.tokenizer is not None:
+            item["input_ids"] = tokenize(self.tokenizer, "" if empty else rec["caption"])[0]
+        return item
+
+
+def tokenize(tokenizer: Any, captions: str | list[str]) -> torch.Tensor:
+    """Padded/truncated token ids, (B, max_length)."""
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors, keep lists of the rest."""
+    out: dict[str, Any] = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values) \
+            if isinstance(values[0], (int, bool)) else values
+    return out
+
+
+def _fingerprint(components: Any) -> str:
+    """A cheap digest of the VAE and text-encoder weights: a re-trained base at the same path
+    must not reuse a stale cache."""
+    with torch.no_grad():
+        sums = [float(p.detach().float().sum()) for m in (components.vae, components.text_encoder)
+                for p in m.parameters()]
+    return hashlib.sha256(np.asarray(sums, np.float64).tobytes()).hexdigest()[:16]
+
+
+class LatentCache:
+    """VAE posteriors and text embeddings of a split, computed once, reused across runs."""
+
+    def __init__(self, folder: Path, tensors: dict[str, torch.Tensor]) -> None:
+        self.folder = folder
+        self.mean, self.std = tensors["latent_mean"], tensors["latent_std"]
+        self.text, self.empty = tensors["text_embeds"], tensors["empty_embeds"]
+
+    def get(self, index: int, empty: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean, std, text embedding) of one record."""
+        text = self.empty[0] if empty else self.text[index]
+        return self.mean[index].float(), self.std[index].float(), text.float()
+
+    @staticmethod
+    def key(base: str, resolution: int, vae_config: Mapping[str, Any], text_config: Mapping[str, Any],
+            ids: list[str], captions: list[str]) -> str:
+        """Hash of what the cached values depend on."""
+        blob = json.dumps([base, resolution, dict(vae_config), dict(text_config), ids, captions],
+                          sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @classmethod
+    def build_or_load(cls, prepared_dir: str | Path, split: str, components: Any, resolution: int,
+                      device: torch.device | str = "cpu", batch_size: int = 16,
+                      is_main: bool = True) -> tuple[LatentCache, bool]:
+        """Load the cache for these model parts, or compute it (main process); returns (cache, built)."""
+        from safetensors.torch import load_file, save_file
+
+        records = read_manifest(prepared_dir, split)
+        ids, captions = [r["id"] for r in records], [r["caption"] for r in records]
+        key = cls.key(components.base, resolution, dict(components.vae.config),
+                      {**components.text_encoder.config.to_dict(), "weights": _fingerprint(components)},
+                      ids, captions)
+        folder = Path(prepared_dir) / "cache" / f"{split}-{key}"
+        file = folder / "cache.safetensors"
+        if file.exists():
+            return cls(folder, load_file(file)), False
+        if not is_main:
+            raise DatasetError(f"{file}: cache missing on a non-main process (build it on the main process first)")
+        ds = PreparedDataset(prepared_dir, split, resolution=resolution)
+        means, stds, texts = [], [], []
+        vae, te = components.vae, components.text_encoder
+        with torch.no_grad():
+            for start in range(0, len(ds), batch_size):
+                idx = range(start, min(len(ds), start + batch_size))
+                pix = torch.stack([ds[i]["pixel_values"] for i in idx]).to(device, vae.dtype)
+                dist = vae.encode(pix).latent_dist
+                means.append(dist.mean.float().cpu())
+                stds.append(dist.std.float().cpu())
+                ids_ = tokenize(components.tokenizer, [captions[i] for i in idx]).to(device)
+                texts.append(te(ids_)[0].float().cpu())
+            empty = te(tokenize(components.tokenizer, [""]).to(device))[0].float().cpu()
+        tensors = {"latent_mean": torch.cat(means), "latent_std": torch.cat(stds),
+                   "text_embeds": torch.cat(texts), "empty_embeds": empty}
+        tensors = {k: v.contiguous() for k, v in tensors.items()}
+        with atomic_dir(folder, overwrite=True) as tmp:
+            save_file(tensors, str(tmp / "cache.safetensors"))
+            (tmp / "ids.json").write_text(json.dumps(ids))
+        return cls(folder, tensors), True

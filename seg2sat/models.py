@@ -1,0 +1,352 @@
+"""Stable Diffusion parts + ControlNet: presets, the offline tiny model, loading and saving.
+
+Presets live in `conf/model/*.yaml`: `tiny` is built here in code (no download; a trained
+tiny base can be made with `pretrain_tiny_base`), `sd15`, `sd21_base` and `sdxl` name hub ids
+or local folders. Only safetensors are loaded and `trust_remote_code` is never used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seg2sat.atomic import atomic_dir
+from seg2sat.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+TINY_RESOLUTION = 64
+MODEL_INFO = "seg2sat.json"
+
+
+def _schedulers() -> dict[str, Any]:
+    import diffusers as d
+
+    return {
+        "unipc": (d.UniPCMultistepScheduler, {}),
+        "dpmpp": (d.DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+        "ddim": (d.DDIMScheduler, {}),
+        "euler": (d.EulerDiscreteScheduler, {}),
+        "lcm": (d.LCMScheduler, {}),
+        "tcd": (d.TCDScheduler, {}),
+    }
+
+
+SCHEDULERS: tuple[str, ...] = ("unipc", "dpmpp", "ddim", "euler", "lcm", "tcd")
+DISTILLED_SCHEDULERS = frozenset({"lcm", "tcd"})  # need a matching LoRA to make sense
+
+
+def make_scheduler(name: str, config: Mapping[str, Any]) -> Any:
+    """A sampler by name, built from a model's scheduler config (keeps its prediction type)."""
+    table = _schedulers()
+    if name not in table:
+        raise ModelError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    cls, extra = table[name]
+    return cls.from_config(config, **extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tiny preset: real diffusers classes at toy size, so every code path runs on a CPU.
+# ---------------------------------------------------------------------------------------------
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte -> printable-character table."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
+
+
+def _caption_words() -> list[str]:
+    from seg2sat.labels import NAMES
+    from seg2sat.prompts import DEPARTMENTS, STYLES
+
+    text = " ".join([*NAMES, "aerial view of france in winter spring summer autumn",
+                     *STYLES.values(), *DEPARTMENTS.values()]).lower()
+    return sorted(set(re.findall(r"[a-zà-ÿ]+", text)))
+
+
+def tiny_tokenizer() -> Any:
+    """A CLIP BPE tokenizer built in memory: byte symbols plus whole-word merges for the
+    caption vocabulary (class names, "aerial view of", departments, styles), so a caption
+    fits in 77 tokens; any other text still tokenizes, byte by byte."""
+    from transformers import CLIPTokenizer
+
+    symbols = list(_bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab.update({s + "</w>": len(symbols) + i for i, s in enumerate(symbols)})
+    merges: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    byte_map = _bytes_to_unicode()
+    for word in _caption_words():
+        chars = [byte_map[b] for b in word.encode("utf-8")]
+        chars[-1] += "</w>"
+        cur = chars[0]
+        for c in chars[1:]:
+            if (cur, c) not in seen:
+                seen.add((cur, c))
+                merges.append((cur, c))
+            cur += c
+            vocab.setdefault(cur, len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def tiny_scheduler_config() -> dict[str, Any]:
+    """Stable Diffusion's noise schedule (scaled linear, 1000 steps, epsilon)."""
+    return {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+            "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "clip_sample": False,
+            "steps_offset": 1}
+
+
+def build_tiny_components(seed: int = 0) -> dict[str, Any]:
+    """Random tiny UNet, VAE (factor 8, like SD), CLIP text encoder, tokenizer and scheduler."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=TINY_RESOLUTION // 8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=8, norm_num_groups=16,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=TINY_RESOLUTION,
+        block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    torch.manual_seed(seed + 2)
+    vocab = tokenizer.get_vocab()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    ))
+    scheduler = DDPMScheduler(**tiny_scheduler_config())
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
+            "scheduler": scheduler}
+
+
+def _pipeline(parts: Mapping[str, Any], controlnet: Any, scheduler: str | None = "unipc") -> Any:
+    from diffusers import StableDiffusionControlNetPipeline
+
+    sched = parts["scheduler"]
+    if scheduler:
+        sched = make_scheduler(scheduler, sched.config)
+    return StableDiffusionControlNetPipeline(
+        vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+        unet=parts["unet"], controlnet=controlnet, scheduler=sched, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def build_tiny_pipeline(seed: int = 0, controlnet: Any = None, scheduler: str = "unipc") -> Any:
+    """A random tiny StableDiffusionControlNetPipeline (64x64 px); ControlNet from the UNet."""
+    from diffusers import ControlNetModel
+
+    parts = build_tiny_components(seed)
+    controlnet = controlnet if controlnet is not None else ControlNetModel.from_unet(parts["unet"])
+    pipe = _pipeline(parts, controlnet, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading presets, folders and hub ids.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Components:
+    """The frozen Stable Diffusion parts the ControlNet is trained against."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    noise_scheduler: Any
+    base: str  # hub id or folder, recorded in exports
+
+    @property
+    def prediction_type(self) -> str:
+        """epsilon or v_prediction, from the base model's scheduler."""
+        return self.noise_scheduler.config.get("prediction_type", "epsilon")
+
+
+def _hub_error(source: str, exc: Exception) -> ModelError:
+    return ModelError(
+        f"{source}: model weights not found locally and could not be downloaded ({type(exc).__name__}: "
+        f"{str(exc).splitlines()[0][:200]}). On a machine with network run "
+        f"`hf download {source}` once (or copy the folder here and pass its path)."
+    )
+
+
+def _from_pretrained(cls: Any, source: str | Path, **kwargs: Any) -> Any:
+    """`cls.from_pretrained` with safetensors only and errors that say what to do."""
+    source_s = str(source)
+    local = Path(source_s).expanduser()
+    folder = local / kwargs.get("subfolder", "") if local.exists() else None
+    if folder is not None and folder.is_dir():
+        if not list(folder.glob("*.safetensors")) and list(folder.glob("*.bin")) + list(folder.glob("*.ckpt")):
+            raise ModelError(f"{folder}: only pickle weights (.bin/.ckpt) found; Seg2Sat loads safetensors only "
+                             "(convert them with `safetensors` first)")
+    elif source_s.startswith((".", "/", "~")) or (local.suffix == "" and local.parent != Path(".") and local.parent.exists()):
+        raise ModelError(f"{source_s}: model folder not found")
+    try:
+        return cls.from_pretrained(source_s, use_safetensors=True, **kwargs)
+    except ModelError:
+        raise
+    except (OSError, ValueError, EnvironmentError) as exc:
+        if folder is not None:
+            raise ModelError(f"{folder}: cannot load {cls.__name__}: {exc}") from exc
+        raise _hub_error(source_s, exc) from exc
+
+
+def load_components(model_cfg: Mapping[str, Any], dtype: torch.dtype = torch.float32,
+                    device: str | torch.device = "cpu") -> Components:
+    """The base model parts of a preset (`conf/model/*.yaml`), frozen, in `dtype`."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    name = model_cfg.get("name")
+    pretrained = model_cfg.get("pretrained_dir")
+    if name == "tiny" and not (pretrained and Path(pretrained, "model_index.json").exists()):
+        parts = build_tiny_components(int(model_cfg.get("seed", 0)))
+        parts["noise_scheduler"] = parts.pop("scheduler")
+        base = f"tiny-random-{int(model_cfg.get('seed', 0))}"
+    else:
+        base = str(pretrained if name == "tiny" else model_cfg["base"])
+        common = {"revision": model_cfg.get("revision")} if model_cfg.get("revision") else {}
+        variant = {"variant": model_cfg["variant"]} if model_cfg.get("variant") else {}
+        parts = {
+            "unet": _from_pretrained(UNet2DConditionModel, base, subfolder="unet", **common, **variant),
+            "vae": _from_pretrained(AutoencoderKL, base, subfolder="vae", **common, **variant),
+            "text_encoder": _from_pretrained(CLIPTextModel, base, subfolder="text_encoder", **common, **variant),
+            "tokenizer": _from_pretrained_tokenizer(CLIPTokenizer, base, common),
+            "noise_scheduler": _from_pretrained_scheduler(DDPMScheduler, base, common),
+        }
+    for key in ("unet", "vae", "text_encoder"):
+        parts[key].requires_grad_(False).eval().to(device=device, dtype=dtype)
+    return Components(base=base, **parts)
+
+
+def _from_pretrained_tokenizer(cls: Any, base: str, common: dict[str, Any]) -> Any:
+    try:
+        return cls.from_pretrained(base, subfolder="tokenizer", **common)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(base, exc) from exc
+
+
+def _from_pretrained_scheduler(cls: Any, base: str, common: dict[str, Any]) -> Any:
+    try:
+        return cls.from_pretrained(base, subfolder="scheduler", **common)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(base, exc) from exc
+
+
+def build_controlnet(model_cfg: Mapping[str, Any], unet: Any) -> Any:
+    """A trainable ControlNet: a copy of the UNet's encoder, or an existing ControlNet."""
+    from diffusers import ControlNetModel
+
+    init = model_cfg.get("controlnet_init") or "from_unet"
+    if init == "from_unet":
+        return ControlNetModel.from_unet(unet)
+    return _from_pretrained(ControlNetModel, init)
+
+
+def read_model_info(folder: str | Path) -> dict[str, Any]:
+    """The `seg2sat.json` of an exported model folder."""
+    path = Path(folder) / MODEL_INFO
+    if not path.exists():
+        raise ModelError(f"{folder}: not a Seg2Sat model folder (no {MODEL_INFO}); run `seg2sat export`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _resolve_base(folder: Path, base: str) -> str:
+    candidate = folder / base
+    return str(candidate) if candidate.exists() else base
+
+
+def load_pipeline(source: str | Path, base: str | Path | None = None, device: str | torch.device = "cpu",
+                  dtype: torch.dtype | None = None, scheduler: str | None = "unipc") -> Any:
+    """A StableDiffusionControlNetPipeline from an exported folder, a ControlNet folder or id.
+
+    Args:
+        source: our exported model folder (has `seg2sat.json`); a diffusers ControlNet folder
+            or hub id (e.g. `rgres/Seg2Sat-sd-controlnet`, then `base` is required); or
+            `tiny-random` for the random tiny model (tests).
+        base: Stable Diffusion base (hub id or folder), e.g. `stabilityai/stable-diffusion-2-1-base`.
+        device, dtype: where and in which precision to run.
+        scheduler: sampler name (see SCHEDULERS); None keeps the base's own.
+    """
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    if str(source) == "tiny-random":
+        pipe = build_tiny_pipeline(0, scheduler=scheduler or "unipc")
+        return pipe.to(device=device, dtype=dtype or torch.float32)
+    folder = Path(source).expanduser()
+    if (folder / MODEL_INFO).exists():
+        info = read_model_info(folder)
+        base = base or _resolve_base(folder, info["base_model"])
+        cn_source: str | Path = folder / info.get("controlnet", "controlnet")
+    else:
+        cn_source = source
+        if base is None:
+            raise ModelError(f"{source}: a plain ControlNet needs its Stable Diffusion base "
+                             "(e.g. base=stabilityai/stable-diffusion-2-1-base)")
+    torch_dtype = dtype or torch.float32
+    controlnet = _from_pretrained(ControlNetModel, cn_source, torch_dtype=torch_dtype)
+    pipe = _from_pretrained(StableDiffusionControlNetPipeline, base, controlnet=controlnet, safety_checker=None,
+                            feature_extractor=None, requires_safety_checker=False, torch_dtype=torch_dtype)
+    if scheduler:
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def load_pipeline_from_base(base: str | Path, device: str | torch.device = "cpu", scheduler: str = "unipc") -> Any:
+    """The base model with an untrained ControlNet (copied from its UNet): the fidelity baseline."""
+    from diffusers import ControlNetModel, StableDiffusionPipeline
+
+    sd = _from_pretrained(StableDiffusionPipeline, base, safety_checker=None, feature_extractor=None,
+                          requires_safety_checker=False)
+    parts = {k: getattr(sd, k) for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
+    pipe = _pipeline(parts, ControlNetModel.from_unet(sd.unet), scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def save_pipeline_parts(parts: Mapping[str, Any], folder: str | Path) -> Path:
+    """Save base parts (unet, vae, text encoder, tokenizer, scheduler) as a diffusers folder."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+        unet=parts["unet"], scheduler=parts["scheduler"], safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    with atomic_dir(folder, overwrite=True) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+    return Path(folder)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for p in module.parameters())

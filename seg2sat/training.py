@@ -1,0 +1,417 @@
+"""ControlNet fine-tuning with accelerate: one process or many, exact resume, atomic checkpoints.
+
+What differs from diffusers' example script (and why):
+- checkpoints are written to a temp folder and renamed when complete, so `kill -9` never
+  leaves a checkpoint that looks finished;
+- resume restores the position inside the epoch: the sampler order depends only on
+  (seed, epoch), and noise/timesteps for a step are drawn from a generator seeded by
+  (seed, step, rank), so a resumed run is identical to an uninterrupted one;
+- validation is spread over all ranks and gathered, so no rank waits into a collective
+  timeout while rank 0 samples;
+- hints are never resized with bilinear filtering; latents can come from a cache;
+- the loss is synchronised with the host only at log intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from seg2sat.atomic import TMP_PREFIX, write_json, write_text
+from seg2sat.data.augment import cache_safe
+from seg2sat.data.dataset import (
+    LatentCache,
+    PreparedDataset,
+    ShardedEpochSampler,
+    collate,
+    load_rgb,
+    read_manifest,
+)
+from seg2sat.errors import Seg2SatError
+from seg2sat.models import Components, build_controlnet, load_components
+
+log = logging.getLogger(__name__)
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class TrainState:
+    """Where training is; saved in every checkpoint as trainer_state.json."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of this rank already consumed in `epoch`
+    samples_seen: int = 0  # over all ranks
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run_dir: Path
+    global_step: int
+    last_loss: float | None
+    checkpoints: list[Path]
+    samples_per_s: float | None
+    peak_memory_mb: float
+    seen: list[tuple[int, int]] = field(default_factory=list)  # (epoch, index) of this rank
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temp folders of killed runs are not listed)."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
+    """`latest` -> newest complete checkpoint (None if there is none); a path -> that path."""
+    if not resume:
+        return None
+    if resume == "latest":
+        ckpts = list_checkpoints(run_dir)
+        return ckpts[-1] if ckpts else None
+    path = Path(resume)
+    if not (path / "trainer_state.json").exists():
+        raise Seg2SatError(f"{path}: not a complete checkpoint (no trainer_state.json)")
+    return path
+
+
+def save_checkpoint(accelerator: Any, controlnet: Any, state: TrainState, run_dir: Path, limit: int | None) -> Path:
+    """Save model/optimizer/scheduler/RNG states atomically as checkpoints/checkpoint-<step>."""
+    folder = run_dir / "checkpoints"
+    final = folder / f"checkpoint-{state.global_step}"
+    tmp = folder / f"{TMP_PREFIX}checkpoint-{state.global_step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(controlnet).save_pretrained(tmp / "controlnet", safe_serialization=True)
+        write_json(tmp / "trainer_state.json", asdict(state))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if limit:
+            for old in list_checkpoints(run_dir)[:-limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _sweep_checkpoint_tmp(run_dir: Path) -> None:
+    for p in (run_dir / "checkpoints").glob(f"{TMP_PREFIX}*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup
+# ---------------------------------------------------------------------------------------------
+
+
+def _accelerator(cfg: DictConfig, run_dir: Path) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    log_with = None if cfg.logger.name == "none" else cfg.logger.name
+    if log_with == "wandb":
+        os.environ.setdefault("WANDB_MODE", str(cfg.logger.mode))
+        os.environ.setdefault("WANDB_DIR", str(run_dir))
+        os.environ.setdefault("WANDB_CACHE_DIR", str(run_dir / ".wandb-cache"))
+    return Accelerator(
+        gradient_accumulation_steps=int(cfg.gradient_accumulation_steps),
+        mixed_precision=str(cfg.mixed_precision),
+        log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    )
+
+
+def _weight_dtype(mixed_precision: str) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def _optimizer(cfg: DictConfig, params: Any) -> torch.optim.Optimizer:
+    kwargs = {"lr": float(cfg.learning_rate), "betas": (float(cfg.adam_beta1), float(cfg.adam_beta2)),
+              "weight_decay": float(cfg.adam_weight_decay), "eps": float(cfg.adam_epsilon)}
+    if cfg.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError as exc:
+            raise Seg2SatError("use_8bit_adam=true needs bitsandbytes (pip install bitsandbytes, GPU only)") from exc
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+def _step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """Noise and timesteps of a step depend only on (seed, step, rank): exact resume."""
+    g = torch.Generator(device=device)
+    g.manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
+    return g
+
+
+# ---------------------------------------------------------------------------------------------
+# One step
+# ---------------------------------------------------------------------------------------------
+
+
+def compute_loss(batch: dict[str, Any], comps: Components, controlnet: Any, gen: torch.Generator,
+                 weight_dtype: torch.dtype) -> torch.Tensor:
+    """The ControlNet diffusion loss of one batch (epsilon or v-prediction)."""
+    device = comps.unet.device
+    # 1. Latents: from the cache (posterior mean/std) or by encoding pixels.
+    if "latent_mean" in batch:
+        mean, std = batch["latent_mean"].to(device), batch["latent_std"].to(device)
+        latents = mean + std * torch.randn(mean.shape, generator=gen, device=device)
+    else:
+        with torch.no_grad():
+            dist = comps.vae.encode(batch["pixel_values"].to(device, weight_dtype)).latent_dist
+            latents = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen, device=device,
+                                                         dtype=dist.mean.dtype)
+    latents = latents.float() * comps.vae.config.scaling_factor
+    # 2. Text conditioning.
+    if "text_embeds" in batch:
+        text = batch["text_embeds"].to(device, weight_dtype)
+    else:
+        with torch.no_grad():
+            text = comps.text_encoder(batch["input_ids"].to(device))[0]
+    # 3. Forward diffusion.
+    bsz = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=gen, device=device)
+    timesteps = torch.randint(0, comps.noise_scheduler.config.num_train_timesteps, (bsz,), generator=gen,
+                              device=device).long()
+    noisy = comps.noise_scheduler.add_noise(latents, noise, timesteps)
+    # 4. ControlNet residuals into the frozen UNet.
+    cond = batch["conditioning"].to(device, torch.float32)
+    down, mid = controlnet(noisy, timesteps, encoder_hidden_states=text.float(), controlnet_cond=cond,
+                           return_dict=False)
+    pred = comps.unet(noisy.to(weight_dtype), timesteps, encoder_hidden_states=text,
+                      down_block_additional_residuals=[r.to(weight_dtype) for r in down],
+                      mid_block_additional_residual=mid.to(weight_dtype), return_dict=False)[0]
+    # 5. Target by the base model's objective.
+    if comps.prediction_type == "v_prediction":
+        target = comps.noise_scheduler.get_velocity(latents, noise, timesteps)
+    elif comps.prediction_type == "epsilon":
+        target = noise
+    else:
+        raise Seg2SatError(f"unsupported prediction_type {comps.prediction_type!r}")
+    return F.mse_loss(pred.float(), target.float(), reduction="mean")
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+
+def validate(accelerator: Any, comps: Components, controlnet: Any, cfg: DictConfig, run_dir: Path,
+             step: int) -> Path | None:
+    """Generate the fixed validation maps, spread over ranks; main saves images and a grid."""
+    from seg2sat.models import _pipeline
+    from seg2sat.pipeline import generate
+
+    records = read_manifest(cfg.prepared_dir, "val")[: int(cfg.num_validation_images)]
+    if not records:
+        return None
+    parts = {"vae": comps.vae, "text_encoder": comps.text_encoder, "tokenizer": comps.tokenizer,
+             "unet": comps.unet, "scheduler": comps.noise_scheduler}
+    pipe = _pipeline(parts, accelerator.unwrap_model(controlnet), "unipc")
+    pipe.set_progress_bar_config(disable=True)
+    mine = list(range(accelerator.process_index, len(records), accelerator.num_processes))
+    outputs = []
+    for i in mine:
+        rec = records[i]
+        hint = load_rgb(Path(cfg.prepared_dir) / rec["hint"])
+        with torch.autocast(accelerator.device.type, enabled=accelerator.mixed_precision != "no"):
+            image = generate(pipe, hint, rec["caption"], steps=int(cfg.validation_inference_steps),
+                             guidance_scale=float(cfg.validation_guidance_scale), seed=int(cfg.seed) + i)
+        outputs.append((i, hint, image))
+    gathered = accelerator.gather_for_metrics(outputs, use_gather_object=True)
+    if not accelerator.is_main_process:
+        return None
+    gathered = sorted(gathered, key=lambda t: t[0])
+    out = run_dir / "validation" / f"step-{step}"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, hint, image in gathered:
+        Image.fromarray(image).save(out / f"{i:02d}.png")
+        rows.append(np.concatenate([hint, image], axis=0))
+    grid = np.concatenate(rows, axis=1)
+    Image.fromarray(grid).save(out / "grid.png")
+    for tracker in accelerator.trackers:
+        if tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"validation": [wandb.Image(grid, caption=f"step {step}")]}, step=step)
+        elif tracker.name == "tensorboard":
+            tracker.writer.add_image("validation", grid, step, dataformats="HWC")
+    return out / "grid.png"
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def _dataloader(ds: PreparedDataset, cfg: DictConfig, epoch: int, start_batch: int, accelerator: Any) -> DataLoader:
+    sampler = ShardedEpochSampler(len(ds), int(cfg.seed), epoch, accelerator.process_index,
+                                  accelerator.num_processes, int(cfg.batch_size), start_batch)
+    workers = int(cfg.num_workers)
+    return DataLoader(ds, batch_size=int(cfg.batch_size), sampler=sampler, collate_fn=collate,
+                      num_workers=workers, persistent_workers=False,
+                      pin_memory=accelerator.device.type == "cuda" and bool(cfg.pin_memory))
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    """Fine-tune a ControlNet as configured by `conf/train.yaml`."""
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    run_dir = Path(cfg.run_dir)
+    # 1. Accelerator and seeds.
+    accelerator = _accelerator(cfg, run_dir)
+    set_seed(int(cfg.seed))
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        _sweep_checkpoint_tmp(run_dir)
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    accelerator.wait_for_everyone()
+
+    # 2. Frozen base in the weight dtype; trainable ControlNet in fp32.
+    weight_dtype = _weight_dtype(str(cfg.mixed_precision))
+    comps = load_components(cfg.model, dtype=weight_dtype, device=accelerator.device)
+    controlnet = build_controlnet(cfg.model, comps.unet).float().train()
+    if cfg.gradient_checkpointing:
+        controlnet.enable_gradient_checkpointing()
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    controlnet.set_attn_processor(AttnProcessor2_0())
+    comps.unet.set_attn_processor(AttnProcessor2_0())
+
+    # 3. Data, through the latent cache when enabled.
+    cache = None
+    if cfg.cache_latents:
+        if not cache_safe(cfg.augment):
+            raise Seg2SatError("cache_latents=true allows only flips and rot90 augmentations "
+                               f"(got {OmegaConf.to_container(cfg.augment)}); set cache_latents=false")
+        if accelerator.is_main_process:
+            LatentCache.build_or_load(cfg.prepared_dir, "train", comps, int(cfg.resolution), accelerator.device)
+        accelerator.wait_for_everyone()
+        cache, _ = LatentCache.build_or_load(cfg.prepared_dir, "train", comps, int(cfg.resolution),
+                                             accelerator.device, is_main=False)
+    ds = PreparedDataset(cfg.prepared_dir, "train", resolution=int(cfg.resolution), tokenizer=comps.tokenizer,
+                         augment=cfg.augment, seed=int(cfg.seed), empty_prompt_prob=float(cfg.empty_prompt_prob),
+                         cache=cache)
+
+    # 4. Optimizer and lr schedule (in optimizer steps, times processes as accelerate counts).
+    optimizer = _optimizer(cfg, controlnet.parameters())
+    lr_scheduler = get_scheduler(str(cfg.lr_scheduler), optimizer,
+                                 num_warmup_steps=int(cfg.lr_warmup_steps) * accelerator.num_processes,
+                                 num_training_steps=int(cfg.max_steps) * accelerator.num_processes)
+    controlnet, optimizer, lr_scheduler = accelerator.prepare(controlnet, optimizer, lr_scheduler)
+
+    # 5. Resume.
+    state = TrainState()
+    ckpt = resolve_resume(run_dir, cfg.resume)
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        state = TrainState(**json.loads((ckpt / "trainer_state.json").read_text()))
+        log.info("train: resumed from %s at step %d", ckpt, state.global_step)
+    if accelerator.is_main_process:
+        accelerator.init_trackers(str(cfg.logger.project), config=OmegaConf.to_container(cfg, resolve=True))
+
+    # 6. Loop: epochs of this rank's batches, optimizer steps every `gradient_accumulation_steps`.
+    max_steps, accum = int(cfg.max_steps), int(cfg.gradient_accumulation_steps)
+    batches_per_epoch = len(ds) // (accelerator.num_processes * int(cfg.batch_size))
+    bar = tqdm(total=max_steps, initial=state.global_step, desc="train", disable=not accelerator.is_main_process)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    loss_count, last_loss, sps, seen, micro = 0, None, None, [], 0
+    t_log, samples_log = time.perf_counter(), 0
+    checkpoints: list[Path] = []
+    while state.global_step < max_steps:
+        loader = _dataloader(ds, cfg, state.epoch, state.batch_in_epoch, accelerator)
+        for batch in loader:
+            gen = _step_generator(int(cfg.seed), state.global_step * accum + micro,
+                                  accelerator.process_index, accelerator.device)
+            micro += 1
+            with accelerator.accumulate(controlnet):
+                loss = compute_loss(batch, comps, controlnet, gen, weight_dtype)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(controlnet.parameters(), float(cfg.max_grad_norm))
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            seen.extend(zip(batch["epoch"].tolist(), batch["index"].tolist(), strict=True))
+            loss_sum += loss.detach()
+            loss_count += 1
+            state.batch_in_epoch += 1
+            samples_log += len(batch["index"]) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            micro = 0
+            state.global_step += 1
+            state.samples_seen += int(cfg.batch_size) * accum * accelerator.num_processes
+            bar.update(1)
+            # Host sync only here, every `log_every` steps.
+            if state.global_step % int(cfg.log_every) == 0 or state.global_step == max_steps:
+                mean_loss = accelerator.reduce(loss_sum / max(1, loss_count), reduction="mean").item()
+                dt = time.perf_counter() - t_log
+                sps = samples_log / dt if dt > 0 else None
+                last_loss = mean_loss
+                logs = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "samples_per_s": sps,
+                        "peak_memory_mb": _peak_memory_mb(accelerator.device), "epoch": state.epoch}
+                accelerator.log(logs, step=state.global_step)
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                if not math.isfinite(mean_loss):
+                    raise Seg2SatError(f"loss became {mean_loss} at step {state.global_step}; lower the learning rate")
+                loss_sum.zero_()
+                loss_count, t_log, samples_log = 0, time.perf_counter(), 0
+            if state.global_step % int(cfg.checkpointing_steps) == 0 or state.global_step == max_steps:
+                checkpoints.append(save_checkpoint(accelerator, controlnet, state, run_dir,
+                                                   cfg.checkpoints_total_limit))
+            if cfg.validation_steps and (state.global_step % int(cfg.validation_steps) == 0
+                                         or state.global_step == max_steps):
+                validate(accelerator, comps, controlnet, cfg, run_dir, state.global_step)
+            if state.global_step >= max_steps:
+                break
+        if state.batch_in_epoch >= batches_per_epoch:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+    bar.close()
+    accelerator.end_training()
+    if last_loss is None and loss_count:
+        last_loss = float((loss_sum / loss_count).item())
+    return TrainResult(run_dir=run_dir, global_step=state.global_step, last_loss=last_loss,
+                       checkpoints=list_checkpoints(run_dir), samples_per_s=sps,
+                       peak_memory_mb=_peak_memory_mb(accelerator.device), seen=seen)
