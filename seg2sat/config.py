@@ -11,7 +11,7 @@ from seg2sat.errors import Seg2SatError
 
 # conf/ sits at the repository root (the install is editable: `pip install -e .`).
 CONF_DIR: Path = Path(__file__).resolve().parent.parent / "conf"
-STAGES: tuple[str, ...] = ("prepare", "train", "export", "infer", "app", "demo", "sample_data")
+STAGES: tuple[str, ...] = ("prepare", "train", "export", "demo", "sample_data")
 
 
 def conf_dir() -> Path:
@@ -27,6 +27,9 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Compose `conf/<config_name>.yaml` with Hydra overrides (what tests and the app use)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
+    if GlobalHydra.instance().is_initialized():  # inside @hydra.main (whose search path is conf/)
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides))

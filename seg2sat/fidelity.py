@@ -91,7 +91,7 @@ def iou_per_class(pred: np.ndarray, target: np.ndarray) -> dict[int, float]:
 def mask_fidelity(
     model: ColourModel, images: Iterable[np.ndarray], targets: Iterable[np.ndarray]
 ) -> dict[str, float | dict[str, float]]:
-    """mIoU and pixel accuracy of generated images against their hint codes.
+    """MIoU and pixel accuracy of generated images against their hint codes.
 
     IoU is accumulated over all images (intersections and unions summed per class), then
     averaged over the classes present in the targets.

@@ -79,9 +79,11 @@ def _caption_words() -> list[str]:
 
 
 def tiny_tokenizer() -> Any:
-    """A CLIP BPE tokenizer built in memory: byte symbols plus whole-word merges for the
-    caption vocabulary (class names, "aerial view of", departments, styles), so a caption
-    fits in 77 tokens; any other text still tokenizes, byte by byte."""
+    """A CLIP BPE tokenizer built in memory, sized for captions.
+
+    Byte symbols plus whole-word merges for the caption vocabulary (class names, "aerial view of", departments, styles), so a caption
+    fits in 77 tokens; any other text still tokenizes, byte by byte.
+    """
     from transformers import CLIPTokenizer
 
     symbols = list(_bytes_to_unicode().values())
@@ -144,6 +146,37 @@ def build_tiny_components(seed: int = 0) -> dict[str, Any]:
             "scheduler": scheduler}
 
 
+def build_sd21_base_random_components(seed: int = 0) -> dict[str, Any]:
+    """Stable Diffusion 2.1-base architecture (865M UNet, OpenCLIP-H text) with random weights.
+
+    For benchmarks at real size with no download; the tokenizer is the tiny offline one (the
+    text encoder's vocabulary is sized to it), which does not change the compute.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_tokenizer()
+    vocab = tokenizer.get_vocab()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=64, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+        use_linear_projection=True, block_out_channels=(320, 640, 1280, 1280),
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2, sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+        num_attention_heads=16, max_position_embeddings=77, projection_dim=512, hidden_act="gelu",
+        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    ))
+    scheduler = DDPMScheduler(**tiny_scheduler_config())
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
+            "scheduler": scheduler}
+
+
 def _pipeline(parts: Mapping[str, Any], controlnet: Any, scheduler: str | None = "unipc") -> Any:
     from diffusers import StableDiffusionControlNetPipeline
 
@@ -186,7 +219,7 @@ class Components:
 
     @property
     def prediction_type(self) -> str:
-        """epsilon or v_prediction, from the base model's scheduler."""
+        """Epsilon or v_prediction, from the base model's scheduler."""
         return self.noise_scheduler.config.get("prediction_type", "epsilon")
 
 
@@ -213,7 +246,7 @@ def _from_pretrained(cls: Any, source: str | Path, **kwargs: Any) -> Any:
         return cls.from_pretrained(source_s, use_safetensors=True, **kwargs)
     except ModelError:
         raise
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         if folder is not None:
             raise ModelError(f"{folder}: cannot load {cls.__name__}: {exc}") from exc
         raise _hub_error(source_s, exc) from exc
@@ -293,7 +326,8 @@ def load_pipeline(source: str | Path, base: str | Path | None = None, device: st
             or hub id (e.g. `rgres/Seg2Sat-sd-controlnet`, then `base` is required); or
             `tiny-random` for the random tiny model (tests).
         base: Stable Diffusion base (hub id or folder), e.g. `stabilityai/stable-diffusion-2-1-base`.
-        device, dtype: where and in which precision to run.
+        device: where to run.
+        dtype: precision (float32 when None).
         scheduler: sampler name (see SCHEDULERS); None keeps the base's own.
     """
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
@@ -312,9 +346,9 @@ def load_pipeline(source: str | Path, base: str | Path | None = None, device: st
             raise ModelError(f"{source}: a plain ControlNet needs its Stable Diffusion base "
                              "(e.g. base=stabilityai/stable-diffusion-2-1-base)")
     torch_dtype = dtype or torch.float32
-    controlnet = _from_pretrained(ControlNetModel, cn_source, torch_dtype=torch_dtype)
+    controlnet = _from_pretrained(ControlNetModel, cn_source, dtype=torch_dtype)
     pipe = _from_pretrained(StableDiffusionControlNetPipeline, base, controlnet=controlnet, safety_checker=None,
-                            feature_extractor=None, requires_safety_checker=False, torch_dtype=torch_dtype)
+                            feature_extractor=None, requires_safety_checker=False, dtype=torch_dtype)
     if scheduler:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

@@ -33,3 +33,29 @@ def flair_samples() -> Path:
 def geo_samples() -> Path:
     """`../shared/geo_samples` (a real float32 land-cover raster in EPSG:3358, and polygons)."""
     return _shared("geo_samples")
+
+
+@pytest.fixture(scope="session")
+def prepared_tiny(tmp_path_factory) -> Path:
+    """A small prepared dataset (synthetic FLAIR layout, 64 px): 2 train domains, 1 val domain."""
+    from seg2sat.config import compose
+    from seg2sat.stages import prepare, sample_data
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    common = [f"paths.root_dir={root}"]
+    sample_data.run(compose("sample_data", [*common, "domains=[D064_2021,D033_2020,D075_2019]",
+                                            "tiles_per_domain=8"]))
+    result = prepare.run(compose("prepare", [*common, "split.val_domains=[D075_2019]"]))
+    return Path(result.prepared_dir)
+
+
+@pytest.fixture
+def train_cfg(prepared_tiny, tmp_path):
+    """compose("train") on the tiny random preset and `prepared_tiny`, run folder in tmp_path."""
+    from seg2sat.config import compose
+
+    def make(*overrides: str):
+        return compose("train", [f"paths.root_dir={tmp_path}", f"prepared_dir={prepared_tiny}",
+                                 "batch_size=4", "log_every=1", "validation_steps=0", *overrides])
+
+    return make

@@ -37,7 +37,7 @@ def test_group_option_composes(group, option):
 def test_cli_help_and_unknown_command():
     out = subprocess.run([sys.executable, "-m", "seg2sat.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
-    for command in ("sample-data", "prepare", "train", "export", "infer", "app", "demo"):
+    for command in ("sample-data", "prepare", "train", "export", "demo"):
         assert f"  {command} " in out.stdout
     bad = subprocess.run([sys.executable, "-m", "seg2sat.cli", "frobnicate"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown command 'frobnicate'" in bad.stderr
@@ -51,3 +51,14 @@ def test_cli_prints_composed_config_with_overrides(tmp_path):
     assert out.returncode == 0, out.stderr
     cfg = OmegaConf.create(out.stdout)
     assert cfg.paths.root_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize("path", sorted((CONF_DIR / "accelerate").glob("*.yaml")), ids=lambda p: p.stem)
+def test_accelerate_configs_load(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    cfg = load_config_from_file(str(path))
+    assert cfg.distributed_type in set(DistributedType)
+    assert cfg.num_processes >= 1 and cfg.num_machines >= 1
+    assert cfg.mixed_precision in ("no", "fp16", "bf16")

@@ -1,6 +1,13 @@
 import pytest
 
-from seg2sat.prompts import DEFAULT_TEMPLATE, caption_for, department_of, ordered_classes, place_of, season_of
+from seg2sat.prompts import (
+    DEFAULT_TEMPLATE,
+    caption_for,
+    department_of,
+    ordered_classes,
+    place_of,
+    season_of,
+)
 
 
 def test_caption_form_and_order():

@@ -12,11 +12,12 @@ the former.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import albumentations as A
-import cv2
 import numpy as np
+
+if TYPE_CHECKING:  # imported where used: training with the latent cache never needs them
+    import albumentations as A
 
 CACHE_SAFE_KEYS = frozenset({"hflip", "vflip", "rot90"})
 
@@ -41,6 +42,9 @@ def build_augment(cfg: Mapping[str, Any] | None, size: int | None = None) -> Joi
     Keys: hflip, vflip, rot90 (probabilities), crop_scale ([min, max] area fraction of a
     random resized crop back to `size`), seed (int, for reproducible draws).
     """
+    import albumentations as A
+    import cv2
+
     cfg = dict(cfg or {})
     steps: list[A.BasicTransform] = []
     if cfg.get("hflip"):

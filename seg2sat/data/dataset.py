@@ -186,12 +186,21 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _fingerprint(components: Any) -> str:
-    """A cheap digest of the VAE and text-encoder weights: a re-trained base at the same path
-    must not reuse a stale cache."""
+    """A cheap, exact digest of the VAE and text-encoder weights.
+
+    A re-trained base at the same path must not reuse a stale cache. It hashes the bytes of
+    up to 1024 evenly strided values per tensor (float sums would depend on the thread count,
+    giving ranks different keys).
+    """
+    digest = hashlib.sha256()
     with torch.no_grad():
-        sums = [float(p.detach().float().sum()) for m in (components.vae, components.text_encoder)
-                for p in m.parameters()]
-    return hashlib.sha256(np.asarray(sums, np.float64).tobytes()).hexdigest()[:16]
+        for module in (components.vae, components.text_encoder):
+            for name, p in module.state_dict().items():
+                flat = p.detach().reshape(-1)
+                sample = flat[:: max(1, flat.numel() // 1024)].float().cpu().contiguous()
+                digest.update(name.encode())
+                digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 class LatentCache:
@@ -210,8 +219,16 @@ class LatentCache:
     @staticmethod
     def key(base: str, resolution: int, vae_config: Mapping[str, Any], text_config: Mapping[str, Any],
             ids: list[str], captions: list[str]) -> str:
-        """Hash of what the cached values depend on."""
-        blob = json.dumps([base, resolution, dict(vae_config), dict(text_config), ids, captions],
+        """Hash of what the cached values depend on.
+
+        Private config entries (`_use_default_values` is a list in set order, which differs
+        between processes) are left out, so every rank computes the same key.
+        """
+
+        def public(config: Mapping[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in dict(config).items() if not str(k).startswith("_")}
+
+        blob = json.dumps([base, resolution, public(vae_config), public(text_config), ids, captions],
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

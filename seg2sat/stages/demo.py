@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +71,7 @@ def measure_fidelity(
     guidance_scale: float,
     seed: int,
 ) -> dict[str, Any]:
-    """mIoU of images generated from held-out hints, trained vs untrained ControlNet.
+    """MIoU of images generated from held-out hints, trained vs untrained ControlNet.
 
     The colour model is fitted on the training split's real images; the scored maps come
     from the validation split (other domains), with the same seeds for both models.
@@ -116,9 +117,10 @@ def run(cfg: DictConfig) -> DemoResult:
     from seg2sat import models
     from seg2sat.pipeline import generate
     from seg2sat.stages import export, prepare, sample_data, train
+    from seg2sat.tiny_base import pretrain_tiny_base
 
     seconds: dict[str, float] = {}
-    rebuild = ["rebuild=true"] if cfg.rebuild else []
+    redo = ["overwrite=true"] if cfg.rebuild else []
 
     def timed(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
@@ -129,19 +131,21 @@ def run(cfg: DictConfig) -> DemoResult:
 
     # 1-2. Data.
     timed("sample_data", sample_data.run, _stage_cfg(cfg, "sample_data", [*cfg.sample_data]))
-    prep = timed("prepare", prepare.run, _stage_cfg(cfg, "prepare", [*cfg.prepare]))
+    prep = timed("prepare", prepare.run, _stage_cfg(cfg, "prepare", [*cfg.prepare, *redo]))
     prepared_dir = Path(prep.prepared_dir)
 
     # 3. The tiny base (a real run loads Stable Diffusion instead).
     base_dir = Path(cfg.paths.models_dir) / "tiny-base"
     if cfg.rebuild or not (base_dir / "model_index.json").exists():
-        timed("pretrain_base", models.pretrain_tiny_base, prepared_dir, base_dir,
+        timed("pretrain_base", pretrain_tiny_base, prepared_dir, base_dir,
               vae_steps=cfg.pretrain.vae_steps, unet_steps=cfg.pretrain.unet_steps,
               batch_size=cfg.pretrain.batch_size, seed=cfg.seed)
 
     # 4. ControlNet training on top of it.
     train_cfg = _stage_cfg(cfg, "train", [*cfg.train, "model=tiny", f"model.pretrained_dir={base_dir}",
-                                          f"seed={cfg.seed}", "resume=latest", *rebuild[:0]])
+                                          f"seed={cfg.seed}", "resume=latest"])
+    if cfg.rebuild and Path(train_cfg.run_dir).exists():
+        shutil.rmtree(train_cfg.run_dir)  # a rebuilt base invalidates the old run
     trained = timed("train", train.run, train_cfg)
 
     # 5. Fidelity, trained vs untrained, same seeds and maps.

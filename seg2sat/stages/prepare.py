@@ -30,7 +30,7 @@ from seg2sat.errors import DatasetError, Seg2SatError
 from seg2sat.hints import codes_to_hint
 from seg2sat.labels import CODES, MAX_CODE, NAMES, PALETTE, class_shares, merge13
 from seg2sat.prompts import caption_for
-from seg2sat.raster import bounds_of, read_flair_pair
+from seg2sat.raster import read_flair_pair
 
 log = logging.getLogger(__name__)
 SUBDIRS = ("hints", "images", "records")

@@ -1,0 +1,72 @@
+"""Export: checkpoint -> model folder -> the same pipeline; and the embedded demo, reduced."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from seg2sat.config import compose
+from seg2sat.errors import ModelError
+from seg2sat.hints import codes_to_hint
+from seg2sat.labels import CLASSES
+from seg2sat.models import MODEL_INFO, load_pipeline
+from seg2sat.pipeline import generate
+from seg2sat.stages import demo, export, train
+
+
+@pytest.fixture
+def trained_run(train_cfg):
+    return train.run(train_cfg("max_steps=2", "checkpointing_steps=2"))
+
+
+def test_export_round_trip(trained_run, stage_cfg, tmp_path):
+    out = tmp_path / "models" / "m"
+    result = export.run(stage_cfg("export", f"run_dir={trained_run.run_dir}", f"output_dir={out}", "fp16=true"))
+    assert result.model_dir == out and result.steps == 2 and result.base_model == "base"
+    info = json.loads((out / MODEL_INFO).read_text())
+    assert info["base_model"] == "base" and info["steps"] == 2 and info["prediction_type"] == "epsilon"
+    assert [c["color"] for c in info["legend"]] == [c.hex for c in CLASSES]
+    assert (out / "base" / "model_index.json").exists()
+    assert (out / "training_config.yaml").exists() and "ControlNet" in (out / "README.md").read_text()
+    fp32 = load_file(str(out / "controlnet" / "diffusion_pytorch_model.safetensors"))
+    fp16 = load_file(str(out / "controlnet_fp16" / "diffusion_pytorch_model.safetensors"))
+    assert {t.dtype for t in fp32.values()} == {torch.float32} and {t.dtype for t in fp16.values()} == {torch.float16}
+    assert not list(out.parent.glob(".tmp-*"))
+    # the exported folder gives exactly the checkpoint's model
+    hint = codes_to_hint(np.where(np.arange(64)[:, None] < 32, 1, 6).astype(np.uint8).repeat(64, 1))
+    a = generate(load_pipeline(out), hint, "Aerial view of Gironde. building", steps=2, seed=3)
+    ckpt_pipe = load_pipeline(trained_run.checkpoints[-1] / "controlnet", base=out / "base")
+    b = generate(ckpt_pipe, hint, "Aerial view of Gironde. building", steps=2, seed=3)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_export_refuses_to_overwrite_and_needs_a_checkpoint(trained_run, stage_cfg, tmp_path):
+    out = tmp_path / "m"
+    export.run(stage_cfg("export", f"run_dir={trained_run.run_dir}", f"output_dir={out}"))
+    with pytest.raises(ModelError, match="already exists"):
+        export.run(stage_cfg("export", f"run_dir={trained_run.run_dir}", f"output_dir={out}"))
+    with pytest.raises(ModelError, match="no checkpoint found"):
+        export.run(stage_cfg("export", f"run_dir={tmp_path / 'empty'}", f"output_dir={tmp_path / 'x'}"))
+
+
+def test_demo_end_to_end_reduced(tmp_path):
+    cfg = compose("demo", [
+        f"paths.root_dir={tmp_path}", 'sample_data=["tiles_per_domain=4"]',
+        "pretrain.vae_steps=10", "pretrain.unet_steps=10", "pretrain.batch_size=4",
+        'train=["run_name=demo","max_steps=4","checkpointing_steps=2","validation_steps=2",'
+        '"num_validation_images=2","validation_inference_steps=2","batch_size=4"]',
+        "fidelity.num_images=2", "fidelity.steps=2", "sample.steps=2"])
+    result = demo.run(cfg)
+    assert result.sample_image.exists() and result.sample_image.suffix == ".png"
+    assert (result.model_dir / MODEL_INFO).exists() and (result.model_dir / "validation_grid.png").exists()
+    for key in ("trained", "untrained", "real_images"):
+        assert 0.0 <= result.fidelity[key]["miou"] <= 1.0
+    info = json.loads((result.model_dir / MODEL_INFO).read_text())
+    assert info["fidelity"]["trained"]["miou"] == result.fidelity["trained"]["miou"]
+    assert info["steps"] == 4
+    # a second run resumes: everything exists, training does no new step
+    again = demo.run(cfg)
+    assert again.seconds["train"] < result.seconds["train"] + 5
+    assert "pretrain_base" not in again.seconds

@@ -1,0 +1,137 @@
+"""Training on the tiny preset: checkpoints, resume, cache, objectives, validation."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from seg2sat.errors import Seg2SatError
+from seg2sat.models import Components, build_tiny_components
+from seg2sat.stages import train
+from seg2sat.training import compute_loss, list_checkpoints, resolve_resume
+
+
+def _controlnet_state(ckpt):
+    return load_file(str(ckpt / "controlnet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_two_steps_write_named_atomic_checkpoints(train_cfg):
+    result = train.run(train_cfg("max_steps=2", "checkpointing_steps=1", "checkpoints_total_limit=1"))
+    assert result.global_step == 2
+    assert result.last_loss is not None and math.isfinite(result.last_loss) and result.last_loss > 0
+    ckpts = result.run_dir / "checkpoints"
+    # the limit keeps only the newest; no temp folder survives
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-2"]
+    state = json.loads((ckpts / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["samples_seen"] == 8
+    assert (ckpts / "checkpoint-2" / "controlnet" / "config.json").exists()
+    assert resolve_resume(result.run_dir, "latest") == ckpts / "checkpoint-2"
+    assert (result.run_dir / "config.yaml").read_text().count("resolved_base: tiny-random-0") == 1
+
+
+def test_resume_equals_uninterrupted_run(train_cfg, tmp_path):
+    full = train.run(train_cfg("run_name=full", "max_steps=6", "checkpointing_steps=3"))
+    # the same run, stopped after 3 steps (2 train batches per epoch: crosses an epoch)...
+    part = train.run(train_cfg("run_name=part", "max_steps=3", "checkpointing_steps=3"))
+    assert [p.name for p in list_checkpoints(part.run_dir)] == ["checkpoint-3"]
+    # ...and resumed to 6.
+    resumed = train.run(train_cfg("run_name=part", "max_steps=6", "checkpointing_steps=3", "resume=latest"))
+    assert resumed.global_step == 6
+    # samples after the resume are exactly those the full run saw in steps 4..6
+    assert part.seen + resumed.seen == full.seen
+    a, b = _controlnet_state(full.checkpoints[-1]), _controlnet_state(resumed.checkpoints[-1])
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    # and training did change the weights
+    first = _controlnet_state(part.checkpoints[0])
+    assert any(not torch.equal(first[k], a[k]) for k in a)
+
+
+def test_resume_from_missing_checkpoint_is_a_clear_error(train_cfg, tmp_path):
+    with pytest.raises(Seg2SatError, match="checkpoint-99"):
+        train.run(train_cfg("max_steps=1", f"resume={tmp_path}/nowhere/checkpoint-99"))
+
+
+def test_cache_is_built_once_and_reused(train_cfg, prepared_tiny):
+    train.run(train_cfg("run_name=a", "max_steps=1"))
+    caches = sorted((prepared_tiny / "cache").glob("train-*/cache.safetensors"))
+    assert len(caches) == 1
+    mtime = caches[0].stat().st_mtime_ns
+    train.run(train_cfg("run_name=b", "max_steps=1"))
+    assert caches[0].stat().st_mtime_ns == mtime
+    tensors = load_file(str(caches[0]))
+    n_train = sum(1 for line in (prepared_tiny / "manifest.jsonl").read_text().splitlines()
+                  if json.loads(line)["split"] == "train")
+    assert tensors["latent_mean"].shape == (n_train, 4, 8, 8)
+    assert tensors["text_embeds"].shape == (n_train, 77, 32)
+
+
+def test_cache_refuses_augmentations_it_cannot_apply(train_cfg):
+    with pytest.raises(Seg2SatError, match="cache_latents=true allows only flips and rot90"):
+        train.run(train_cfg("max_steps=1", "+augment.color_jitter=0.2"))
+
+
+def test_training_without_cache_runs(train_cfg):
+    result = train.run(train_cfg("max_steps=1", "cache_latents=false", "+augment.color_jitter=0.2"))
+    assert result.global_step == 1 and math.isfinite(result.last_loss)
+
+
+def test_gradient_accumulation_counts_optimizer_steps(train_cfg):
+    result = train.run(train_cfg("max_steps=2", "gradient_accumulation_steps=2", "batch_size=2"))
+    assert result.global_step == 2
+    assert len(result.seen) == 8  # 2 steps x 2 micro-batches x 2 samples
+
+
+def test_validation_writes_images_and_grid(train_cfg):
+    result = train.run(train_cfg("max_steps=1", "validation_steps=1", "num_validation_images=2",
+                                 "validation_inference_steps=2"))
+    out = result.run_dir / "validation" / "step-1"
+    assert sorted(p.name for p in out.iterdir()) == ["00.png", "01.png", "grid.png"]
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loss_target_follows_the_base_scheduler(prediction_type):
+    from diffusers import ControlNetModel, DDPMScheduler
+
+    parts = build_tiny_components(0)
+    sched = DDPMScheduler.from_config(parts.pop("scheduler").config, prediction_type=prediction_type)
+    comps = Components(noise_scheduler=sched, base="tiny", **parts)
+    controlnet = ControlNetModel.from_unet(comps.unet)
+    batch = {"latent_mean": torch.randn(2, 4, 8, 8), "latent_std": torch.full((2, 4, 8, 8), 0.1),
+             "text_embeds": torch.randn(2, 77, 32), "conditioning": torch.rand(2, 3, 64, 64)}
+    loss = compute_loss(batch, comps, controlnet, torch.Generator().manual_seed(0), torch.float32)
+    # recompute by hand with the same draws
+    gen = torch.Generator().manual_seed(0)
+    latents = (batch["latent_mean"] + batch["latent_std"] * torch.randn((2, 4, 8, 8), generator=gen))
+    latents = latents * comps.vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=gen)
+    t = torch.randint(0, 1000, (2,), generator=gen)
+    noisy = sched.add_noise(latents, noise, t)
+    with torch.no_grad():
+        down, mid = controlnet(noisy, t, encoder_hidden_states=batch["text_embeds"],
+                               controlnet_cond=batch["conditioning"], return_dict=False)
+        pred = comps.unet(noisy, t, encoder_hidden_states=batch["text_embeds"],
+                          down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    target = noise if prediction_type == "epsilon" else sched.get_velocity(latents, noise, t)
+    expected = torch.nn.functional.mse_loss(pred, target)
+    other = torch.nn.functional.mse_loss(pred, sched.get_velocity(latents, noise, t)
+                                         if prediction_type == "epsilon" else noise)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert abs(loss.item() - other.item()) > 1e-3
+
+
+def test_tensorboard_tracker_logs_scalars(train_cfg):
+    result = train.run(train_cfg("max_steps=2", "logger=tensorboard"))
+    events = list(result.run_dir.rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_wandb_offline_tracker_logs_a_run(train_cfg, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    result = train.run(train_cfg("max_steps=2", "logger=wandb"))
+    runs = list(result.run_dir.rglob("offline-run-*"))
+    assert runs, sorted(str(p) for p in result.run_dir.rglob("*"))[:20]
+    assert list(runs[0].glob("*.wandb"))
