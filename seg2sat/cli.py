@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "prepare": ("prepare", "seg2sat.stages.prepare", "FLAIR tiles -> colour hints, images, captions, manifest"),
     "train": ("train", "seg2sat.stages.train", "fine-tune a ControlNet (use `accelerate launch train.py` for multi-GPU)"),
     "export": ("export", "seg2sat.stages.export", "checkpoint -> model folder for inference and the app"),
+    "infer": ("infer", "seg2sat.stages.infer", "land-cover GeoTIFF/PNG/vector -> georeferenced aerial GeoTIFF"),
     "demo": ("demo", "seg2sat.stages.demo", "sample data -> prepare -> train -> export -> a generated image"),
 }
 

@@ -109,8 +109,8 @@ def run(cfg: DictConfig) -> ExportResult:
     steps = None
     if cfg.controlnet_dir:
         cn_dir = Path(cfg.controlnet_dir)
-        if not cfg.base:
-            raise ModelError(f"{cn_dir}: exporting a plain ControlNet needs base=<hub id or folder>")
+        if not cfg.base_model:
+            raise ModelError(f"{cn_dir}: exporting a plain ControlNet needs base_model=<hub id or folder>")
     else:
         ckpt = _checkpoint(cfg)
         cn_dir = ckpt / "controlnet"
@@ -122,7 +122,7 @@ def run(cfg: DictConfig) -> ExportResult:
         controlnet.save_pretrained(tmp / "controlnet", safe_serialization=True)
         if cfg.fp16:
             controlnet.to(torch.float16).save_pretrained(tmp / "controlnet_fp16", safe_serialization=True)
-        base = str(cfg.base) if cfg.base else _write_base(train_cfg, tmp)  # type: ignore[arg-type]
+        base = str(cfg.base_model) if cfg.base_model else _write_base(train_cfg, tmp)  # type: ignore[arg-type]
         grids = sorted(Path(cfg.run_dir).glob("validation/step-*/grid.png"),
                        key=lambda p: int(p.parent.name.split("-")[1])) if ckpt else []
         if grids:

@@ -70,3 +70,17 @@ def test_demo_end_to_end_reduced(tmp_path):
     again = demo.run(cfg)
     assert again.seconds["train"] < result.seconds["train"] + 5
     assert "pretrain_base" not in again.seconds
+
+
+def test_export_plain_controlnet_with_its_base(trained_run, stage_cfg, tmp_path):
+    cn = trained_run.checkpoints[-1] / "controlnet"
+    with pytest.raises(ModelError, match="needs base_model="):
+        export.run(stage_cfg("export", f"controlnet_dir={cn}", f"output_dir={tmp_path / 'p'}"))
+    first = export.run(stage_cfg("export", f"run_dir={trained_run.run_dir}", f"output_dir={tmp_path / 'a'}"))
+    plain = export.run(stage_cfg("export", f"controlnet_dir={cn}", f"base_model={first.model_dir / 'base'}",
+                                 f"output_dir={tmp_path / 'p'}"))
+    info = json.loads((plain.model_dir / MODEL_INFO).read_text())
+    assert info["base_model"] == str(first.model_dir / "base") and info["steps"] is None
+    a, b = load_pipeline(plain.model_dir).controlnet, load_pipeline(first.model_dir).controlnet
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name

@@ -1,0 +1,401 @@
+"""`seg2sat infer`: land-cover files -> georeferenced aerial GeoTIFFs, any size, resumable.
+
+Per input file:
+1. read it as FLAIR codes on its grid (`seg2sat.landcover`), resample to the work resolution;
+2. pad to whole windows (edge replication), build the prompt from the class shares;
+3. generate with overlapping windows fused at every step (`seg2sat.tiling`);
+4. write the RGB GeoTIFF with the input's CRS and transform (windowed, temp file + rename;
+   nodata stays nodata through the GeoTIFF mask), a PNG preview, then the sidecar JSON;
+   an output counts as finished only when its sidecar exists, so reruns skip it.
+Files are sharded over processes when launched with `accelerate launch` (rank r takes every
+world-th file).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from affine import Affine
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from rasterio.windows import Window as RioWindow
+
+from seg2sat.atomic import atomic_path, write_json
+from seg2sat.errors import ModelError, RasterError, Seg2SatError
+from seg2sat.labels import class_shares
+from seg2sat.landcover import (
+    RASTER_SUFFIXES,
+    VECTOR_SUFFIXES,
+    LandCover,
+    Legend,
+    nearest_resize,
+    read_landcover,
+    to_resolution,
+)
+from seg2sat.prompts import caption_for
+from seg2sat.raster import open_geotiff_writer, read_raster
+from seg2sat.tiling import VAE_FACTOR, generate_tiled
+
+log = logging.getLogger(__name__)
+SIDECAR_SUFFIX = ".json"
+
+
+@dataclass
+class InferResult:
+    """What a run wrote and skipped."""
+
+    outputs: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    windows: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs, outputs, model
+# ---------------------------------------------------------------------------------------------
+
+
+def find_inputs(spec: str) -> list[Path]:
+    """A file, a folder (its supported files, sorted) or a glob; an error when nothing matches."""
+    path = Path(spec).expanduser()
+    suffixes = RASTER_SUFFIXES | VECTOR_SUFFIXES
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes and not p.name.startswith("."))
+    elif any(ch in spec for ch in "*?["):
+        found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).suffix.lower() in suffixes)
+    elif path.exists():
+        found = [path]
+    else:
+        raise Seg2SatError(f"{spec}: input not found")
+    if not found:
+        raise Seg2SatError(f"{spec}: no land-cover files ({', '.join(sorted(suffixes))})")
+    return found
+
+
+def output_paths(out_dir: Path, src: Path) -> dict[str, Path]:
+    """GeoTIFF, sidecar and preview of one input."""
+    stem = src.stem
+    return {"tif": out_dir / f"{stem}.tif", "json": out_dir / f"{stem}.tif{SIDECAR_SUFFIX}",
+            "preview": out_dir / f"{stem}_preview.png"}
+
+
+def is_finished(paths: dict[str, Path]) -> bool:
+    """An output is finished when its GeoTIFF and its sidecar (written last) exist."""
+    return paths["tif"].exists() and paths["json"].exists()
+
+
+def load_legend(group: Any, file: str | None = None) -> Legend | None:
+    """The legend chosen as a config group (`legend=nc_landsat96`) or a YAML file (`legend_file=...`)."""
+    if file:
+        path = Path(file)
+        if not path.exists():
+            raise Seg2SatError(f"{path}: legend file not found")
+        return Legend.from_config(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    if not group:
+        return None
+    return Legend.from_config(OmegaConf.to_container(group, resolve=True))
+
+
+def _device_dtype(cfg: DictConfig) -> tuple[torch.device, torch.dtype]:
+    name = str(cfg.device)
+    if name == "auto":
+        from accelerate import PartialState
+
+        device = PartialState().device
+    else:
+        device = torch.device(name)
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(str(cfg.dtype))
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    return device, dtype
+
+
+def load_model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> tuple[Any, int]:
+    """The pipeline and its tile size (the model's training resolution)."""
+    from seg2sat.models import DISTILLED_SCHEDULERS, MODEL_INFO, load_pipeline, read_model_info
+
+    if str(cfg.scheduler) in DISTILLED_SCHEDULERS and not cfg.lora:
+        raise ModelError(f"scheduler={cfg.scheduler} needs its distillation LoRA (lora=<folder or id>)")
+    pipe = load_pipeline(str(cfg.model_path), base=cfg.base_model, device=device, dtype=dtype, scheduler=str(cfg.scheduler))
+    if cfg.lora:
+        try:
+            pipe.load_lora_weights(str(cfg.lora))
+            pipe.fuse_lora()
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{cfg.lora}: cannot load the LoRA: {exc}") from exc
+    if (Path(str(cfg.model_path)) / MODEL_INFO).exists():
+        size = int(read_model_info(cfg.model_path).get("resolution", 512))
+    else:
+        size = int(pipe.unet.config.sample_size) * VAE_FACTOR
+    return pipe, size
+
+
+# ---------------------------------------------------------------------------------------------
+# One file
+# ---------------------------------------------------------------------------------------------
+
+
+def _pad(codes: np.ndarray, valid: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad to multiples of 8 and at least one tile, replicating edges (the model sees land)."""
+    h, w = codes.shape
+    ph = max(tile, math.ceil(h / VAE_FACTOR) * VAE_FACTOR) - h
+    pw = max(tile, math.ceil(w / VAE_FACTOR) * VAE_FACTOR) - w
+    return np.pad(codes, ((0, ph), (0, pw)), mode="edge"), np.pad(valid, ((0, ph), (0, pw)))
+
+
+def prompt_for(cfg: DictConfig, lc: LandCover) -> str:
+    """The fixed prompt, or the caption of the class shares (+ style)."""
+    if cfg.prompt.text:
+        return str(cfg.prompt.text)
+    return caption_for(class_shares(lc.codes, lc.valid), template=str(cfg.prompt.template),
+                       place=str(cfg.prompt.place), style=cfg.prompt.style)
+
+
+def _sampling(cfg: DictConfig, tile: int, overlap: int) -> dict[str, Any]:
+    return {"negative_prompt": str(cfg.negative_prompt or ""), "steps": int(cfg.steps),
+            "guidance_scale": float(cfg.guidance_scale), "controlnet_scale": float(cfg.controlnet_scale),
+            "seed": int(cfg.seed), "tile": tile, "overlap": overlap, "batch_size": int(cfg.batch_size)}
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import rasterio
+
+    import seg2sat
+
+    return {"seg2sat": getattr(seg2sat, "__version__", "0"), "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "rasterio": rasterio.__version__,
+            "python": platform.python_version()}
+
+
+def write_preview(tif: Path, dest: Path, size: int) -> Path:
+    """A PNG of the GeoTIFF, longest side <= size, read decimated (no full-size array)."""
+    import rasterio
+
+    with rasterio.open(tif) as src:
+        scale = min(1.0, size / max(src.width, src.height))
+        shape = (3, max(1, round(src.height * scale)), max(1, round(src.width * scale)))
+        rgb = src.read([1, 2, 3], out_shape=shape, resampling=rasterio.enums.Resampling.average)
+    with atomic_path(dest) as tmp:
+        Image.fromarray(np.moveaxis(rgb, 0, -1)).save(tmp, format="PNG")
+    return dest
+
+
+def generate_file(cfg: DictConfig, pipe: Any, tile: int, src: Path, paths: dict[str, Path],
+                  legend: Legend | None, progress: Any = None) -> dict[str, Any]:
+    """Generate one input; returns the sidecar record."""
+    # 1. Read, move to the work resolution, pad.
+    lc = read_landcover(src, legend=legend, column=str(cfg.class_column),
+                        vector_resolution=float(cfg.vector_resolution), snap=bool(cfg.snap),
+                        crs=cfg.crs, unknown_to_other=bool(cfg.unknown_to_other))
+    work = to_resolution(lc, None if cfg.work_resolution is None else float(cfg.work_resolution))
+    out_res = float(cfg.output_resolution) if cfg.output_resolution is not None else lc.resolution
+    out_h = max(1, round(lc.codes.shape[0] * lc.resolution / out_res))
+    out_w = max(1, round(lc.codes.shape[1] * lc.resolution / out_res))
+    t = lc.transform
+    in_h, in_w = lc.codes.shape
+    out_transform = t if (out_h, out_w) == (in_h, in_w) else Affine(t.a * in_w / out_w, 0, t.c, 0, t.e * in_h / out_h, t.f)
+    codes, _ = _pad(work.codes, work.valid, tile)
+    overlap = int(cfg.overlap) if cfg.overlap is not None else tile // 4
+    overlap -= overlap % VAE_FACTOR
+    prompt = prompt_for(cfg, work)
+    sampling = _sampling(cfg, tile, overlap)
+    h, w = work.codes.shape
+    same_grid = (out_h, out_w) == (h, w)
+    valid_out = lc.valid if (out_h, out_w) == lc.valid.shape else nearest_resize(lc.valid, out_h, out_w)
+
+    # 2. Generate; rows go straight to the GeoTIFF when the output grid is the work grid.
+    tags = {"seg2sat_prompt": prompt, "seg2sat_model": str(cfg.model_path), "seg2sat_seed": str(cfg.seed)}
+    with open_geotiff_writer(paths["tif"], out_w, out_h, 3, "uint8", lc.crs, out_transform,
+                             cog=bool(cfg.cog), tags=tags) as writer:
+        held: list[np.ndarray] = []
+
+        def write_rows(row0: int, rgb: np.ndarray) -> None:
+            rgb = rgb[: max(0, h - row0), :w]
+            if rgb.shape[0] == 0:
+                return
+            if not same_grid:
+                held.append(rgb)
+                return
+            mask = valid_out[row0:row0 + rgb.shape[0]]
+            rgb = np.where(mask[..., None], rgb, 0)
+            win = RioWindow(0, row0, w, rgb.shape[0])
+            writer.write(np.moveaxis(rgb, -1, 0), win)
+            writer.write_mask(mask.astype(np.uint8) * 255, win)
+
+        result = generate_tiled(pipe, codes, prompt, write_rows, progress=progress, **sampling)
+        if not same_grid:  # resample the work grid to the output grid (held in memory)
+            image = np.concatenate(held)
+            image = np.asarray(Image.fromarray(image).resize((out_w, out_h), Image.BILINEAR if out_h > h else Image.BOX))
+            image = np.where(valid_out[..., None], image, 0)
+            writer.write(np.moveaxis(image, -1, 0), RioWindow(0, 0, out_w, out_h))
+            writer.write_mask(valid_out.astype(np.uint8) * 255, RioWindow(0, 0, out_w, out_h))
+
+    # 3. Preview, then the sidecar (last: it marks the output finished).
+    if cfg.preview:
+        write_preview(paths["tif"], paths["preview"], int(cfg.preview_size))
+    return {"input": str(src), "output": str(paths["tif"]), "model": str(cfg.model_path), "base": cfg.base_model,
+            "prompt": prompt, "scheduler": str(cfg.scheduler), "lora": cfg.lora, **sampling,
+            "work_resolution": work.resolution, "output_resolution": out_res, "crs": str(lc.crs) if lc.crs else None,
+            "size": [out_w, out_h], "windows": result.windows, "versions": _versions()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Regional edit
+# ---------------------------------------------------------------------------------------------
+
+
+def edit_file(cfg: DictConfig, pipe: Any, tile: int, src: Path, paths: dict[str, Path],
+              legend: Legend | None) -> dict[str, Any]:
+    """Regenerate the area `src` (new land cover) covers in `edit.image`; the rest stays identical.
+
+    Inside the region the image is replaced; over `edit.margin` pixels outside it the new
+    content fades out (linear in the distance to the region); beyond, pixels are copied
+    bit for bit. The new map must be on the image's grid (same CRS and pixel size, aligned).
+    """
+    from scipy import ndimage
+
+    image_path = Path(cfg.edit.image)
+    image = read_raster(image_path, crs=cfg.crs)
+    if image.count < 3 or image.array.dtype != np.uint8:
+        raise RasterError(f"{image_path}: an aerial image needs 3 uint8 bands, got {image.count} of {image.array.dtype}")
+    lc = read_landcover(src, legend=legend, column=str(cfg.class_column), vector_resolution=image.transform.a,
+                        snap=bool(cfg.snap), crs=cfg.crs or (image.crs.to_string() if image.crs else None),
+                        unknown_to_other=bool(cfg.unknown_to_other))
+    # 1. Place the new map on the image grid.
+    if lc.crs != image.crs or not math.isclose(lc.resolution, image.transform.a, rel_tol=1e-6):
+        raise RasterError(f"{src}: the new map must share {image_path}'s CRS and pixel size "
+                          f"({image.crs}, {image.transform.a:g}); got {lc.crs}, {lc.resolution:g}")
+    col_f, row_f = ~image.transform * (lc.transform.c, lc.transform.f)
+    col0, row0 = round(col_f), round(row_f)
+    if abs(col_f - col0) > 1e-3 or abs(row_f - row0) > 1e-3:
+        raise RasterError(f"{src}: not aligned with {image_path}'s pixel grid (offset {col_f:.3f}, {row_f:.3f} px)")
+    H, W = image.height, image.width
+    region = np.zeros((H, W), bool)
+    codes_full = np.full((H, W), 0, np.uint8)
+    r0, c0 = max(0, row0), max(0, col0)
+    r1, c1 = min(H, row0 + lc.codes.shape[0]), min(W, col0 + lc.codes.shape[1])
+    if r1 <= r0 or c1 <= c0:
+        raise RasterError(f"{src}: does not overlap {image_path}")
+    region[r0:r1, c0:c1] = lc.valid[r0 - row0:r1 - row0, c0 - col0:c1 - col0]
+    codes_full[r0:r1, c0:c1] = lc.codes[r0 - row0:r1 - row0, c0 - col0:c1 - col0]
+    if cfg.edit.region:
+        limit = read_landcover(cfg.edit.region, column=str(cfg.class_column), vector_resolution=image.transform.a,
+                               crs=image.crs.to_string() if image.crs else None, unknown_to_other=True)
+        mask = np.zeros((H, W), bool)
+        ccol, crow = (round(v) for v in ~image.transform * (limit.transform.c, limit.transform.f))
+        rr0, cc0 = max(0, crow), max(0, ccol)
+        rr1, cc1 = min(H, crow + limit.valid.shape[0]), min(W, ccol + limit.valid.shape[1])
+        if rr1 > rr0 and cc1 > cc0:
+            mask[rr0:rr1, cc0:cc1] = limit.valid[rr0 - crow:rr1 - crow, cc0 - ccol:cc1 - ccol]
+        region &= mask
+    if not region.any():
+        raise RasterError(f"{src}: the edit region is empty")
+    # 2. Blend weights: 1 in the region, fading to 0 over `margin` px outside it.
+    margin = int(cfg.edit.margin)
+    dist = ndimage.distance_transform_edt(~region)
+    alpha = np.where(dist <= margin, np.clip(1.0 - dist / (margin + 1), 0.0, 1.0), 0.0)
+    touched = alpha > 0
+    # 3. Generate over the bounding box of the touched area (codes outside the map: nearest map pixel).
+    rows, cols = np.flatnonzero(touched.any(1)), np.flatnonzero(touched.any(0))
+    br0, br1, bc0, bc1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    known = region.copy()
+    known[r0:r1, c0:c1] |= lc.valid[r0 - row0:r1 - row0, c0 - col0:c1 - col0]
+    idx = ndimage.distance_transform_edt(~known, return_distances=False, return_indices=True)
+    filled = codes_full[idx[0], idx[1]]
+    crop = filled[br0:br1, bc0:bc1]
+    codes, _ = _pad(crop, np.ones_like(crop, bool), tile)
+    overlap = int(cfg.overlap) if cfg.overlap is not None else tile // 4
+    overlap -= overlap % VAE_FACTOR
+    sampling = _sampling(cfg, tile, overlap)
+    prompt = prompt_for(cfg, LandCover(crop, np.ones_like(crop, bool), image.crs, image.transform, src))
+    new = np.zeros((*codes.shape, 3), np.uint8)
+
+    def write_rows(rr: int, rgb: np.ndarray) -> None:
+        new[rr:rr + rgb.shape[0]] = rgb
+
+    generate_tiled(pipe, codes, prompt, write_rows, **sampling)
+    new = new[: br1 - br0, : bc1 - bc0]
+    # 4. Blend into a copy of the original; untouched pixels are copied as they are.
+    out = image.array.copy()
+    a = alpha[br0:br1, bc0:bc1][None]
+    old = out[:3, br0:br1, bc0:bc1].astype(np.float64)
+    blended = np.rint(a * np.moveaxis(new, -1, 0) + (1 - a) * old).astype(np.uint8)
+    out[:3, br0:br1, bc0:bc1] = np.where(touched[br0:br1, bc0:bc1][None], blended, out[:3, br0:br1, bc0:bc1])
+    with open_geotiff_writer(paths["tif"], W, H, out.shape[0], "uint8", image.crs, image.transform,
+                             nodata=image.nodata, cog=bool(cfg.cog), tags={"seg2sat_prompt": prompt}) as writer:
+        writer.write(out, RioWindow(0, 0, W, H))
+    if cfg.preview:
+        write_preview(paths["tif"], paths["preview"], int(cfg.preview_size))
+    return {"input": str(src), "edit_image": str(image_path), "output": str(paths["tif"]), "model": str(cfg.model_path),
+            "prompt": prompt, "scheduler": str(cfg.scheduler), **sampling, "margin": margin,
+            "region_pixels": int(region.sum()), "changed_box": [int(bc0), int(br0), int(bc1), int(br1)],
+            "versions": _versions()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------------------------
+
+
+def run(cfg: DictConfig) -> InferResult:
+    """Generate every input not finished yet; returns written and skipped outputs."""
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    # 1. Inputs, this process's share, what is left to do.
+    state = PartialState()
+    files = find_inputs(str(cfg.input))[state.process_index::state.num_processes]
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.edit.image and len(files) != 1:
+        raise Seg2SatError(f"edit.image takes one land-cover input, got {len(files)}")
+    result = InferResult()
+    todo = []
+    for src in files:
+        paths = output_paths(out_dir, src)
+        if is_finished(paths) and not cfg.overwrite:
+            result.skipped.append(paths["tif"])
+        else:
+            todo.append((src, paths))
+    if not todo:
+        log.info("infer: all %d outputs already finished in %s", len(files), out_dir)
+        return result
+    # 2. Model, once.
+    t0 = time.perf_counter()
+    device, dtype = _device_dtype(cfg)
+    legend = load_legend(cfg.get("legend"), cfg.get("legend_file"))
+    pipe, model_tile = load_model(cfg, device, dtype)
+    tile = int(cfg.tile or model_tile)
+    result.seconds["load"] = round(time.perf_counter() - t0, 2)
+    # 3. Files, one after the other; windows inside a file are batched.
+    for src, paths in tqdm(todo, desc="files", disable=not state.is_main_process or len(todo) < 2):
+        t0 = time.perf_counter()
+        bar = tqdm(desc=src.name, unit="win", leave=False, disable=not state.is_main_process)
+
+        def progress(done: int, total: int, bar: Any = bar) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        if cfg.edit.image:
+            record = edit_file(cfg, pipe, tile, src, paths, legend)
+        else:
+            record = generate_file(cfg, pipe, tile, src, paths, legend, progress)
+        bar.close()
+        record["seconds"] = round(time.perf_counter() - t0, 2)
+        write_json(paths["json"], record)
+        result.outputs.append(paths["tif"])
+        result.windows += int(record.get("windows", 0))
+        result.seconds[src.name] = record["seconds"]
+        log.info("infer: %s -> %s (%.1f s)", src, paths["tif"], record["seconds"])
+    return result

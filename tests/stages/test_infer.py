@@ -1,0 +1,296 @@
+"""Inference on the tiny random model: georeferencing kept, seamless tiling, resume, edits, bad inputs."""
+
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from PIL import Image
+from shapely.geometry import Polygon, box
+
+from seg2sat.errors import GeoreferenceError, LegendError, RasterError, Seg2SatError, VectorError
+from seg2sat.hints import codes_to_hint, hint_to_codes
+from seg2sat.models import load_pipeline
+from seg2sat.raster import FLAIR_CRS, write_geotiff
+from seg2sat.stages import infer
+from seg2sat.tiling import generate_tiled, initial_noise, seam_ratio, windows_for
+
+FAST = ["model_path=tiny-random", "steps=2", "guidance_scale=1.0", "batch_size=8", "preview=false", "cog=false"]
+
+
+@pytest.fixture
+def infer_cfg(stage_cfg, tmp_path):
+    def make(input_, *overrides):
+        return stage_cfg("infer", f"input={input_}", f"output_dir={tmp_path / 'out'}", *FAST, *overrides)
+
+    return make
+
+
+@pytest.fixture
+def real_msk(flair_samples, tmp_path):
+    """A real FLAIR mask (512 px) as a GeoTIFF at its real Lambert-93 origin."""
+    meta = json.loads((flair_samples / "tiles" / "META_066278.json").read_text())
+    codes = hint_to_codes(np.asarray(Image.open(flair_samples / "tiles" / "MSK_066278.png").convert("RGB")))
+    transform = Affine(0.2, 0, meta["origin"][0], 0, -0.2, meta["origin"][1])
+    return write_geotiff(tmp_path / "MSK_066278.tif", codes[None], FLAIR_CRS, transform)
+
+
+def _read(path):
+    with rasterio.open(path) as src:
+        return src.read(), src.crs, src.transform, src.dataset_mask(), src.profile
+
+
+def test_flair_tile_keeps_crs_transform_size(infer_cfg, real_msk, tmp_path):
+    result = infer.run(infer_cfg(real_msk, "preview=true"))
+    out = tmp_path / "out" / "MSK_066278.tif"
+    assert result.outputs == [out] and result.windows == 11 * 11  # 512 px, tile 64, stride 48
+    rgb, crs, transform, mask, profile = _read(out)
+    with rasterio.open(real_msk) as src:
+        assert crs == src.crs == FLAIR_CRS and transform == src.transform
+        assert rgb.shape == (3, src.height, src.width) and rgb.dtype == np.uint8
+    assert (mask == 255).all() and profile["compress"] == "deflate" and profile["blockysize"] == 512
+    assert rgb.std() > 1  # an image, not a constant
+    sidecar = json.loads((tmp_path / "out" / "MSK_066278.tif.json").read_text())
+    assert sidecar["seed"] == 0 and sidecar["steps"] == 2 and sidecar["scheduler"] == "unipc"
+    assert sidecar["prompt"].startswith("Aerial view of France. ") and sidecar["versions"]["diffusers"]
+    assert Image.open(tmp_path / "out" / "MSK_066278_preview.png").size == (512, 512)
+
+
+def test_nodata_stays_nodata(infer_cfg, tmp_path):
+    codes = np.full((96, 80), 6, np.uint8)
+    codes[:, 40:] = 11
+    codes[10:30, 5:25] = 0  # nodata
+    src = write_geotiff(tmp_path / "msk.tif", codes[None], FLAIR_CRS, Affine(0.2, 0, 1000, 0, -0.2, 2000), nodata=0)
+    infer.run(infer_cfg(src))
+    rgb, crs, transform, mask, _ = _read(tmp_path / "out" / "msk.tif")
+    assert rgb.shape == (3, 96, 80) and transform == Affine(0.2, 0, 1000, 0, -0.2, 2000)
+    np.testing.assert_array_equal(mask == 0, codes == 0)
+    assert (rgb[:, codes == 0] == 0).all()
+
+
+def test_foreign_legend_raster(infer_cfg, geo_samples, tmp_path):
+    src = geo_samples / "strata.tif"
+    infer.run(infer_cfg(src, "legend=nc_landsat96", "work_resolution=null"))
+    rgb, crs, transform, mask, _ = _read(tmp_path / "out" / "strata.tif")
+    with rasterio.open(src) as s:
+        values = s.read(1)
+        assert crs == s.crs and crs.to_epsg() == 3358 and transform == s.transform
+        assert rgb.shape == (3, s.height, s.width)
+        np.testing.assert_array_equal(mask == 0, values == s.nodata)
+    assert (mask == 0).sum() == 1
+
+
+def test_foreign_legend_resampled_to_work_resolution(infer_cfg, geo_samples, tmp_path):
+    # 28.5 m pixels generated at 57 m (half the size), written back at the input's 28.5 m
+    infer.run(infer_cfg(geo_samples / "strata.tif", "legend=nc_landsat96", "work_resolution=57.0"))
+    sidecar = json.loads((tmp_path / "out" / "strata.tif.json").read_text())
+    assert sidecar["work_resolution"] == pytest.approx(57.0, rel=0.01)
+    rgb, _, transform, _, _ = _read(tmp_path / "out" / "strata.tif")
+    assert rgb.shape == (3, 443, 489) and transform.a == pytest.approx(28.5)
+
+
+def test_vector_layer_with_labels(infer_cfg, geo_samples, tmp_path):
+    src = geo_samples / "landsat96_polygons.shp"
+    infer.run(infer_cfg(src, "legend=nc_landsat96", "class_column=label", "vector_resolution=60",
+                        "work_resolution=null"))
+    rgb, crs, transform, mask, _ = _read(tmp_path / "out" / "landsat96_polygons.tif")
+    layer = gpd.read_file(src)
+    assert crs.to_epsg() == 3358 and transform.a == 60 and transform.e == -60
+    xmin, ymin, xmax, ymax = layer.total_bounds
+    assert transform.c <= xmin < transform.c + 60 and transform.f - 60 < ymax <= transform.f
+    assert rgb.shape[1] == pytest.approx((ymax - ymin) / 60, abs=2)
+    # polygons are data, the rest nodata
+    assert 0 < (mask == 255).mean() < 1
+
+
+def test_seamless_tiling_beats_naive_tiles():
+    pipe = load_pipeline("tiny-random")
+    from seg2sat.data.synthetic import scene_codes
+
+    codes = scene_codes(192, np.random.default_rng(0))  # 3x the 64 px tile each way
+    ratios = {}
+    for overlap in (0, 32):
+        out = np.zeros((192, 192, 3), np.uint8)
+
+        def write(r, rgb, out=out):
+            out[r:r + len(rgb)] = rgb
+
+        generate_tiled(pipe, codes, "Aerial view of Gironde. deciduous", write, steps=4, tile=64,
+                       overlap=overlap, seed=0, guidance_scale=3.0)
+        ratios[overlap] = seam_ratio(out, 64)
+    assert ratios[32] < 1.1, ratios  # close to the inside-window value (1.0)
+    assert ratios[0] > ratios[32] + 0.08, ratios
+
+
+def test_windows_cover_and_noise_is_positional():
+    wins = windows_for(192, 200, 64, 16)
+    cover = np.zeros((192, 200), int)
+    for w in wins:
+        cover[w.row:w.row + 64, w.col:w.col + 64] += 1
+    assert cover.min() >= 1 and wins[-1].row == 128 and wins[-1].col == 136
+    small, big = initial_noise(7, 8, 8, 8), initial_noise(7, 24, 16, 8)
+    assert torch_equal(small, big[:, :, :8, :8]) and not torch_equal(big[:, :, :8, :8], big[:, :, 8:16, :8])
+
+
+def torch_equal(a, b):
+    return bool((a == b).all())
+
+
+def test_rerun_skips_finished_and_redoes_unfinished(infer_cfg, tmp_path):
+    maps = tmp_path / "maps"
+    for i, code in enumerate((1, 5, 10)):
+        codes = np.full((64, 64), code, np.uint8)
+        write_geotiff(maps / f"m{i}.tif", codes[None], FLAIR_CRS, Affine(0.2, 0, 100 * i, 0, -0.2, 500))
+    first = infer.run(infer_cfg(maps))
+    assert len(first.outputs) == 3 and not first.skipped
+    mtime = (tmp_path / "out" / "m0.tif").stat().st_mtime_ns
+    (tmp_path / "out" / "m2.tif.json").unlink()  # as if killed before the sidecar
+    second = infer.run(infer_cfg(maps))
+    assert second.outputs == [tmp_path / "out" / "m2.tif"]
+    assert sorted(p.name for p in second.skipped) == ["m0.tif", "m1.tif"]
+    assert (tmp_path / "out" / "m0.tif").stat().st_mtime_ns == mtime
+    assert not list((tmp_path / "out").glob(".tmp-*"))
+
+
+def test_same_seed_same_image_and_seed_matters(infer_cfg, tmp_path):
+    codes = np.full((64, 64), 6, np.uint8)
+    codes[20:40] = 5
+    src = write_geotiff(tmp_path / "a.tif", codes[None], FLAIR_CRS, Affine(0.2, 0, 0, 0, -0.2, 100))
+    infer.run(infer_cfg(src, f"output_dir={tmp_path}/o1"))
+    infer.run(infer_cfg(src, f"output_dir={tmp_path}/o2"))
+    infer.run(infer_cfg(src, f"output_dir={tmp_path}/o3", "seed=1"))
+    a, b, c = (_read(tmp_path / o / "a.tif")[0] for o in ("o1", "o2", "o3"))
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a.astype(int) - c.astype(int)).mean() > 1
+
+
+def test_regional_edit_leaves_outside_pixels_identical(infer_cfg, tmp_path):
+    rng = np.random.default_rng(0)
+    aerial = rng.integers(0, 256, (3, 160, 160), dtype=np.uint8)
+    t = Affine(0.2, 0, 5000, 0, -0.2, 9000)
+    image = write_geotiff(tmp_path / "aerial.tif", aerial, FLAIR_CRS, t)
+    new = np.full((40, 48), 5, np.uint8)  # a lake at rows 60..100, cols 50..98
+    new_map = write_geotiff(tmp_path / "lake.tif", new[None], FLAIR_CRS, t * Affine.translation(50, 60))
+    margin = 8
+    infer.run(infer_cfg(new_map, f"edit.image={image}", f"edit.margin={margin}"))
+    out, crs, transform, _, _ = _read(tmp_path / "out" / "lake.tif")
+    assert crs == FLAIR_CRS and transform == t and out.shape == aerial.shape
+    inside = np.zeros((160, 160), bool)
+    inside[60:100, 50:98] = True
+    from scipy import ndimage
+
+    near = ndimage.distance_transform_edt(~inside) <= margin
+    np.testing.assert_array_equal(out[:, ~near], aerial[:, ~near])
+    assert np.abs(out[:, inside].astype(int) - aerial[:, inside].astype(int)).mean() > 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs: each names the file and the problem
+# ---------------------------------------------------------------------------------------------
+
+
+GRID = Affine(0.2, 0, 0, 0, -0.2, 100)
+
+
+def _tif(path, array, crs=FLAIR_CRS, transform=GRID, nodata=None):
+    profile = {"driver": "GTiff", "width": array.shape[2], "height": array.shape[1], "count": array.shape[0],
+               "dtype": array.dtype.name, "transform": transform, "nodata": nodata}
+    if crs is not None:
+        profile["crs"] = crs
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(array)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "array", "kwargs", "error", "match"),
+    [
+        ("nocrs.tif", np.ones((1, 64, 64), np.uint8), {"crs": None}, GeoreferenceError, r"nocrs.tif: no CRS"),
+        ("rotated.tif", np.ones((1, 64, 64), np.uint8), {"transform": Affine(0.2, 0.05, 0, 0.05, -0.2, 100)},
+         GeoreferenceError, r"rotated.tif: rotated or sheared"),
+        ("float.tif", np.full((1, 64, 64), 2.5, np.float32), {"nodata": -1.0}, LegendError,
+         r"float.tif: 4096 class values are not whole numbers"),
+        ("allnodata.tif", np.full((1, 64, 64), -1.0, np.float32), {"nodata": -1.0}, RasterError,
+         r"allnodata.tif: every pixel is nodata"),
+        ("twoband.tif", np.ones((2, 64, 64), np.uint8), {}, RasterError, r"twoband.tif: 2 bands of uint8"),
+        ("codes.tif", np.full((1, 64, 64), 42, np.uint8), {}, LegendError,
+         r"codes.tif: 4096 pixels hold class values outside the FLAIR legend 1..19 \(42: 4096 px\)"),
+        ("offlegend.tif", np.full((3, 64, 64), 77, np.uint8), {}, LegendError,
+         r"offlegend.tif: 4096 pixels in 1 colours are not legend colours"),
+    ],
+)
+def test_bad_rasters(infer_cfg, tmp_path, name, array, kwargs, error, match):
+    src = _tif(tmp_path / name, array, **kwargs)
+    with pytest.raises(error, match=match):
+        infer.run(infer_cfg(src))
+    assert not (tmp_path / "out" / src.with_suffix(".tif").name).exists()
+
+
+def test_unknown_legend_values_can_map_to_other(infer_cfg, tmp_path):
+    values = np.ones((1, 64, 64), np.float32)
+    values[0, :8] = 9  # not in the 7-class legend
+    src = _tif(tmp_path / "nine.tif", values, nodata=-99999.0)
+    with pytest.raises(LegendError, match=r"nine.tif: 512 pixels hold class values not in legend nc_landsat96 \(9: 512 px\)"):
+        infer.run(infer_cfg(src, "legend=nc_landsat96"))
+    assert infer.run(infer_cfg(src, "legend=nc_landsat96", "unknown_to_other=true")).outputs
+
+
+def test_hand_drawn_png_needs_a_crs_or_snap(infer_cfg, flair_samples, tmp_path):
+    drawn = flair_samples / "drawn" / "handdrawn_01.png"
+    with pytest.raises(GeoreferenceError, match="handdrawn_01.png: a plain image has no georeferencing"):
+        infer.run(infer_cfg(drawn))
+    with pytest.raises(LegendError, match="handdrawn_01.png: .* not legend colours"):
+        infer.run(infer_cfg(drawn, "crs=EPSG:2154"))
+    result = infer.run(infer_cfg(drawn, "crs=EPSG:2154", "snap=true"))
+    rgb, crs, transform, _, _ = _read(result.outputs[0])
+    assert crs == FLAIR_CRS and transform.a == pytest.approx(0.2)
+    assert rgb.shape[1:] == Image.open(drawn).size[::-1]
+
+
+def _layer(path, geoms, column="class", values=None, crs="EPSG:2154"):
+    data = {column: values or [1] * len(geoms)}
+    gpd.GeoDataFrame(data, geometry=geoms, crs=crs).to_file(path)
+    return path
+
+
+def test_bad_vectors(infer_cfg, tmp_path):
+    square = box(0, 0, 20, 20)
+    bowtie = Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])
+    with pytest.raises(VectorError, match=r"bow.gpkg: 1 invalid geometries"):
+        infer.run(infer_cfg(_layer(tmp_path / "bow.gpkg", [square, bowtie])))
+    with pytest.raises(VectorError, match=r"nocol.gpkg: no class column 'class'; columns: kind"):
+        infer.run(infer_cfg(_layer(tmp_path / "nocol.gpkg", [square], column="kind")))
+    with pytest.raises(LegendError, match=r"names.gpkg: class='castle' is not in the FLAIR legend"):
+        infer.run(infer_cfg(_layer(tmp_path / "names.gpkg", [square], values=["castle"])))
+    with pytest.raises(GeoreferenceError, match=r"deg.gpkg: CRS EPSG:4326 is in degrees"):
+        infer.run(infer_cfg(_layer(tmp_path / "deg.gpkg", [box(2, 45, 2.001, 45.001)], crs="EPSG:4326")))
+    # FLAIR class names work, and a degree layer works once reprojected
+    ok = infer.run(infer_cfg(_layer(tmp_path / "ok.gpkg", [box(2, 45, 2.0001, 45.0001)], values=["water"],
+                                    crs="EPSG:4326"), "crs=EPSG:2154", "vector_resolution=0.5"))
+    assert ok.outputs
+
+
+def test_missing_input_and_weights(infer_cfg, tmp_path):
+    with pytest.raises(Seg2SatError, match="nowhere.tif: input not found"):
+        infer.run(infer_cfg(tmp_path / "nowhere.tif"))
+    codes = np.full((1, 64, 64), 1, np.uint8)
+    src = _tif(tmp_path / "a.tif", codes)
+    from seg2sat.errors import ModelError
+
+    with pytest.raises(ModelError, match="hf download"):
+        infer.run(infer_cfg(src, "model_path=rgres/Seg2Sat-sd-controlnet", "base_model=stabilityai/stable-diffusion-2-1-base"))
+    with pytest.raises(ModelError, match="needs its distillation LoRA"):
+        infer.run(infer_cfg(src, "scheduler=lcm"))
+
+
+def test_hint_geotiff_input(infer_cfg, tmp_path):
+    codes = np.full((64, 64), 3, np.uint8)
+    codes[:, :32] = 1
+    src = write_geotiff(tmp_path / "hint.tif", np.moveaxis(codes_to_hint(codes), -1, 0), FLAIR_CRS,
+                        Affine(0.2, 0, 10, 0, -0.2, 20))
+    result = infer.run(infer_cfg(src))
+    assert json.loads((tmp_path / "out" / "hint.tif.json").read_text())["prompt"].endswith(
+        "building, impervious surface")
+    assert result.outputs
