@@ -135,6 +135,7 @@ def generate_tiled(
     tile: int = 512,
     overlap: int = 128,
     batch_size: int = 4,
+    decode_batch_size: int = 2,
     progress: Callable[[int, int], None] | None = None,
 ) -> TiledResult:
     """Generate an aerial image for a land-cover `codes` grid of any size >= tile.
@@ -152,7 +153,9 @@ def generate_tiled(
         seed: run seed; the noise of each latent block derives from it and the block position.
         tile: window size in pixels (the model's resolution).
         overlap: window overlap in pixels (multiple of 8); 0 is naive tiling.
-        batch_size: windows per model call.
+        batch_size: windows per UNet/ControlNet call.
+        decode_batch_size: windows per VAE decoder call (the decoder's activations at full
+            resolution dominate peak memory, so it gets its own, smaller batch).
         progress: called as progress(done, total) over (steps + 1) * windows units.
     """
     # 1. Grid, windows and weights (pixels and latents).
@@ -226,7 +229,7 @@ def generate_tiled(
             strip = np.concatenate([strip, np.zeros((extra, width, 3), np.float32)])
             strip_w = np.concatenate([strip_w, np.zeros((extra, width, 1), np.float32)])
         row_wins = [w for w in wins if w.row == row]
-        for batch in _batches(row_wins, batch_size):
+        for batch in _batches(row_wins, decode_batch_size):
             lat = torch.cat([latents[:, :, w.row // 8:w.row // 8 + lt, w.col // 8:w.col // 8 + lt] for w in batch])
             pix = vae.decode((lat / scale).to(vae.dtype), return_dict=False)[0].float()
             pix = ((pix.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()

@@ -105,12 +105,18 @@ def load_legend(group: Any, file: str | None = None) -> Legend | None:
     return Legend.from_config(OmegaConf.to_container(group, resolve=True))
 
 
+def process_state() -> Any:
+    """Accelerate's process state; on CPU it must be told (ACCELERATE_USE_CPU=1) to join the group."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def _device_dtype(cfg: DictConfig) -> tuple[torch.device, torch.dtype]:
     name = str(cfg.device)
     if name == "auto":
-        from accelerate import PartialState
-
-        device = PartialState().device
+        device = process_state().device
     else:
         device = torch.device(name)
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(str(cfg.dtype))
@@ -163,7 +169,8 @@ def prompt_for(cfg: DictConfig, lc: LandCover) -> str:
 def _sampling(cfg: DictConfig, tile: int, overlap: int) -> dict[str, Any]:
     return {"negative_prompt": str(cfg.negative_prompt or ""), "steps": int(cfg.steps),
             "guidance_scale": float(cfg.guidance_scale), "controlnet_scale": float(cfg.controlnet_scale),
-            "seed": int(cfg.seed), "tile": tile, "overlap": overlap, "batch_size": int(cfg.batch_size)}
+            "seed": int(cfg.seed), "tile": tile, "overlap": overlap, "batch_size": int(cfg.batch_size),
+            "decode_batch_size": int(cfg.decode_batch_size)}
 
 
 def _versions() -> dict[str, str]:
@@ -349,11 +356,10 @@ def edit_file(cfg: DictConfig, pipe: Any, tile: int, src: Path, paths: dict[str,
 
 def run(cfg: DictConfig) -> InferResult:
     """Generate every input not finished yet; returns written and skipped outputs."""
-    from accelerate import PartialState
     from tqdm.auto import tqdm
 
     # 1. Inputs, this process's share, what is left to do.
-    state = PartialState()
+    state = process_state()
     files = find_inputs(str(cfg.input))[state.process_index::state.num_processes]
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -393,6 +399,7 @@ def run(cfg: DictConfig) -> InferResult:
             record = generate_file(cfg, pipe, tile, src, paths, legend, progress)
         bar.close()
         record["seconds"] = round(time.perf_counter() - t0, 2)
+        record["process"] = f"{state.process_index}/{state.num_processes}"
         write_json(paths["json"], record)
         result.outputs.append(paths["tif"])
         result.windows += int(record.get("windows", 0))

@@ -294,3 +294,33 @@ def test_hint_geotiff_input(infer_cfg, tmp_path):
     assert json.loads((tmp_path / "out" / "hint.tif.json").read_text())["prompt"].endswith(
         "building, impervious surface")
     assert result.outputs
+
+
+def test_two_processes_share_the_files(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from seg2sat.config import CONF_DIR
+
+    maps = tmp_path / "maps"
+    for i in range(3):
+        write_geotiff(maps / f"m{i}.tif", np.full((1, 64, 64), 1 + i, np.uint8), FLAIR_CRS,
+                      Affine(0.2, 0, 100 * i, 0, -0.2, 500))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(CONF_DIR / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(port),
+           str(CONF_DIR.parent / "infer.py"), f"input={maps}", f"output_dir={tmp_path / 'out'}",
+           f"paths.root_dir={tmp_path}", *FAST]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sidecars = sorted((tmp_path / "out").glob("*.tif.json"))
+    assert [p.name for p in sidecars] == ["m0.tif.json", "m1.tif.json", "m2.tif.json"]
+    # rank 0 took m0 and m2, rank 1 took m1: each file generated exactly once
+    assert [json.loads(p.read_text())["process"] for p in sidecars] == ["0/2", "1/2", "0/2"]
+    logs = proc.stdout + proc.stderr
+    assert sum(logs.count(f"m{i}.tif -> ") for i in range(3)) == 3, logs[-2000:]
