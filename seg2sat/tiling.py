@@ -246,3 +246,55 @@ def generate_tiled(
         write_rows(strip_top, np.clip(np.rint(out * 255), 0, 255).astype(np.uint8))
         strip, strip_w, strip_top = strip[n:], strip_w[n:], final_to
     return TiledResult(windows=len(wins), model_calls=calls, height=height, width=width)
+
+
+def pad_to_tile(codes: np.ndarray, tile: int) -> np.ndarray:
+    """Pad (bottom, right) to multiples of 8 and at least one tile, replicating edges."""
+    h, w = codes.shape
+    ph = max(tile, -(-h // VAE_FACTOR) * VAE_FACTOR) - h
+    pw = max(tile, -(-w // VAE_FACTOR) * VAE_FACTOR) - w
+    return np.pad(codes, ((0, ph), (0, pw)), mode="edge")
+
+
+def generate_image(pipe: Any, codes: np.ndarray, prompt: str, **kwargs: Any) -> np.ndarray:
+    """`generate_tiled` for a map of any size held in memory; returns (H, W, 3) uint8."""
+    h, w = codes.shape
+    padded = pad_to_tile(codes, int(kwargs.get("tile", 512)))
+    out = np.zeros((*padded.shape, 3), np.uint8)
+
+    def write(row0: int, rgb: np.ndarray) -> None:
+        out[row0:row0 + rgb.shape[0]] = rgb
+
+    generate_tiled(pipe, padded, prompt, write, **kwargs)
+    return out[:h, :w]
+
+
+def regional_edit(pipe: Any, image: np.ndarray, codes: np.ndarray, known: np.ndarray, region: np.ndarray,
+                  prompt: str, margin: int = 16, **kwargs: Any) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Regenerate `region` of an aerial `image` from `codes`; the rest stays bit-identical.
+
+    Inside the region the new image replaces the old; over `margin` pixels outside it, it
+    fades out linearly with the distance to the region; farther pixels are copied as they are.
+    Codes are needed around the region too: where `known` is False they are taken from the
+    nearest known pixel. Returns the new image and the changed box (col0, row0, col1, row1).
+    """
+    from scipy import ndimage
+
+    if not region.any():
+        raise ValueError("the edit region is empty")
+    # 1. Blend weights.
+    dist = ndimage.distance_transform_edt(~region)
+    alpha = np.where(dist <= margin, np.clip(1.0 - dist / (margin + 1), 0.0, 1.0), 0.0)
+    touched = alpha > 0
+    rows, cols = np.flatnonzero(touched.any(1)), np.flatnonzero(touched.any(0))
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    # 2. Codes over the box (unknown ones from the nearest known pixel), generated.
+    idx = ndimage.distance_transform_edt(~known, return_distances=False, return_indices=True)
+    filled = codes[idx[0], idx[1]][r0:r1, c0:c1]
+    new = generate_image(pipe, filled, prompt, **kwargs)
+    # 3. Blend into a copy.
+    out = image.copy()
+    a = alpha[r0:r1, c0:c1, None]
+    blended = np.rint(a * new + (1 - a) * image[r0:r1, c0:c1].astype(np.float64)).astype(np.uint8)
+    out[r0:r1, c0:c1] = np.where(touched[r0:r1, c0:c1, None], blended, image[r0:r1, c0:c1])
+    return out, (c0, r0, c1, r1)

@@ -43,7 +43,7 @@ from seg2sat.landcover import (
 )
 from seg2sat.prompts import caption_for
 from seg2sat.raster import open_geotiff_writer, read_raster
-from seg2sat.tiling import VAE_FACTOR, generate_tiled
+from seg2sat.tiling import VAE_FACTOR, generate_tiled, pad_to_tile, regional_edit
 
 log = logging.getLogger(__name__)
 SIDECAR_SUFFIX = ".json"
@@ -150,14 +150,6 @@ def load_model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> tup
 # ---------------------------------------------------------------------------------------------
 
 
-def _pad(codes: np.ndarray, valid: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pad to multiples of 8 and at least one tile, replicating edges (the model sees land)."""
-    h, w = codes.shape
-    ph = max(tile, math.ceil(h / VAE_FACTOR) * VAE_FACTOR) - h
-    pw = max(tile, math.ceil(w / VAE_FACTOR) * VAE_FACTOR) - w
-    return np.pad(codes, ((0, ph), (0, pw)), mode="edge"), np.pad(valid, ((0, ph), (0, pw)))
-
-
 def prompt_for(cfg: DictConfig, lc: LandCover) -> str:
     """The fixed prompt, or the caption of the class shares (+ style)."""
     if cfg.prompt.text:
@@ -211,7 +203,7 @@ def generate_file(cfg: DictConfig, pipe: Any, tile: int, src: Path, paths: dict[
     t = lc.transform
     in_h, in_w = lc.codes.shape
     out_transform = t if (out_h, out_w) == (in_h, in_w) else Affine(t.a * in_w / out_w, 0, t.c, 0, t.e * in_h / out_h, t.f)
-    codes, _ = _pad(work.codes, work.valid, tile)
+    codes = pad_to_tile(work.codes, tile)
     overlap = int(cfg.overlap) if cfg.overlap is not None else tile // 4
     overlap -= overlap % VAE_FACTOR
     prompt = prompt_for(cfg, work)
@@ -269,8 +261,6 @@ def edit_file(cfg: DictConfig, pipe: Any, tile: int, src: Path, paths: dict[str,
     content fades out (linear in the distance to the region); beyond, pixels are copied
     bit for bit. The new map must be on the image's grid (same CRS and pixel size, aligned).
     """
-    from scipy import ndimage
-
     image_path = Path(cfg.edit.image)
     image = read_raster(image_path, crs=cfg.crs)
     if image.count < 3 or image.array.dtype != np.uint8:
@@ -307,37 +297,19 @@ def edit_file(cfg: DictConfig, pipe: Any, tile: int, src: Path, paths: dict[str,
         region &= mask
     if not region.any():
         raise RasterError(f"{src}: the edit region is empty")
-    # 2. Blend weights: 1 in the region, fading to 0 over `margin` px outside it.
-    margin = int(cfg.edit.margin)
-    dist = ndimage.distance_transform_edt(~region)
-    alpha = np.where(dist <= margin, np.clip(1.0 - dist / (margin + 1), 0.0, 1.0), 0.0)
-    touched = alpha > 0
-    # 3. Generate over the bounding box of the touched area (codes outside the map: nearest map pixel).
-    rows, cols = np.flatnonzero(touched.any(1)), np.flatnonzero(touched.any(0))
-    br0, br1, bc0, bc1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    known = region.copy()
-    known[r0:r1, c0:c1] |= lc.valid[r0 - row0:r1 - row0, c0 - col0:c1 - col0]
-    idx = ndimage.distance_transform_edt(~known, return_distances=False, return_indices=True)
-    filled = codes_full[idx[0], idx[1]]
-    crop = filled[br0:br1, bc0:bc1]
-    codes, _ = _pad(crop, np.ones_like(crop, bool), tile)
+    # 2-4. Regenerate the region and blend it into a copy of the image.
     overlap = int(cfg.overlap) if cfg.overlap is not None else tile // 4
     overlap -= overlap % VAE_FACTOR
     sampling = _sampling(cfg, tile, overlap)
-    prompt = prompt_for(cfg, LandCover(crop, np.ones_like(crop, bool), image.crs, image.transform, src))
-    new = np.zeros((*codes.shape, 3), np.uint8)
-
-    def write_rows(rr: int, rgb: np.ndarray) -> None:
-        new[rr:rr + rgb.shape[0]] = rgb
-
-    generate_tiled(pipe, codes, prompt, write_rows, **sampling)
-    new = new[: br1 - br0, : bc1 - bc0]
-    # 4. Blend into a copy of the original; untouched pixels are copied as they are.
+    known = region.copy()
+    known[r0:r1, c0:c1] |= lc.valid[r0 - row0:r1 - row0, c0 - col0:c1 - col0]
+    prompt = prompt_for(cfg, LandCover(codes_full, known, image.crs, image.transform, src))
+    margin = int(cfg.edit.margin)
+    rgb, box = regional_edit(pipe, np.moveaxis(image.array[:3], 0, -1), codes_full, known, region, prompt,
+                             margin=margin, **sampling)
     out = image.array.copy()
-    a = alpha[br0:br1, bc0:bc1][None]
-    old = out[:3, br0:br1, bc0:bc1].astype(np.float64)
-    blended = np.rint(a * np.moveaxis(new, -1, 0) + (1 - a) * old).astype(np.uint8)
-    out[:3, br0:br1, bc0:bc1] = np.where(touched[br0:br1, bc0:bc1][None], blended, out[:3, br0:br1, bc0:bc1])
+    out[:3] = np.moveaxis(rgb, -1, 0)
+    bc0, br0, bc1, br1 = box
     with open_geotiff_writer(paths["tif"], W, H, out.shape[0], "uint8", image.crs, image.transform,
                              nodata=image.nodata, cog=bool(cfg.cog), tags={"seg2sat_prompt": prompt}) as writer:
         writer.write(out, RioWindow(0, 0, W, H))
