@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("train", "seg2sat.stages.train", "fine-tune a ControlNet (use `accelerate launch train.py` for multi-GPU)"),
     "export": ("export", "seg2sat.stages.export", "checkpoint -> model folder for inference and the app"),
     "infer": ("infer", "seg2sat.stages.infer", "land-cover GeoTIFF/PNG/vector -> georeferenced aerial GeoTIFF"),
+    "app": ("app", "seg2sat.stages.app", "start the Streamlit app (draw, edit, batch)"),
     "demo": ("demo", "seg2sat.stages.demo", "sample data -> prepare -> train -> export -> a generated image"),
 }
 

@@ -1,0 +1,324 @@
+"""Everything the Streamlit app does, as plain functions (the `app/` pages only lay out widgets).
+
+- the app's config (`conf/app.yaml`, or the file `seg2sat app` hands over);
+- safe upload decoding: bounded bytes and pixels checked from the header before decoding,
+  only whitelisted suffixes, written to a private temp file, friendly `UploadError`s;
+- canvas strokes composited over a base map and snapped to the legend;
+- generation with progress, GeoTIFF bytes when the map was georeferenced, regional edits.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from affine import Affine
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from seg2sat.errors import Seg2SatError
+from seg2sat.hints import codes_to_hint, snap_hint
+from seg2sat.labels import CLASSES, OTHER_CODE, class_shares
+from seg2sat.prompts import STYLES, caption_for
+
+CONFIG_ENV = "SEG2SAT_APP_CONFIG"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+RASTER_SUFFIXES = (".tif", ".tiff")
+
+
+class UploadError(Seg2SatError):
+    """An upload the app refuses; the message is shown to the user as is."""
+
+
+def app_config() -> DictConfig:
+    """The app's config: the file `seg2sat app` wrote, else `conf/app.yaml` composed."""
+    from seg2sat.config import compose
+
+    path = os.environ.get(CONFIG_ENV)
+    if path and Path(path).exists():
+        return OmegaConf.load(path)
+    return compose("app", [])
+
+
+def legend_rows() -> list[dict[str, Any]]:
+    """Code, name and hex colour of every FLAIR class (the palette)."""
+    return [{"code": c.code, "name": c.name, "color": c.hex} for c in CLASSES]
+
+
+def style_names() -> list[str]:
+    """The style presets."""
+    return list(STYLES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Uploads
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Upload:
+    """A decoded upload: RGB(A) pixels or codes, and georeferencing when it had some."""
+
+    name: str
+    rgb: np.ndarray | None = None  # (H, W, 3|4) uint8
+    codes: np.ndarray | None = None  # (H, W) uint8 FLAIR codes
+    valid: np.ndarray | None = None
+    crs: Any = None
+    transform: Affine | None = None
+    path: Path | None = None  # a private temp copy (for the stages that read files)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def georeferenced(self) -> bool:
+        """True when the upload carried a CRS and a transform."""
+        return self.crs is not None and self.transform is not None
+
+
+def _suffix(name: str, allowed: tuple[str, ...]) -> str:
+    suffix = Path(name or "").suffix.lower()
+    if suffix not in allowed:
+        raise UploadError(f"{Path(name).name or 'upload'}: unsupported file type {suffix or '(none)'}; "
+                          f"use {', '.join(allowed)}")
+    return suffix
+
+
+def _private_copy(data: bytes, suffix: str) -> Path:
+    """The bytes in a fresh temp file named by us (the user's file name is never used as a path)."""
+    fd, name = tempfile.mkstemp(prefix="seg2sat-upload-", suffix=suffix)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return Path(name)
+
+
+def read_upload(name: str, data: bytes, *, max_bytes: int, max_pixels: int, kind: str = "map") -> Upload:
+    """Decode an upload, refusing oversized, unreadable or unsupported files.
+
+    `kind="map"`: a colour-hint PNG or a FLAIR MSK / colour-hint GeoTIFF; `kind="image"`: an
+    aerial image (PNG or GeoTIFF).
+    """
+    label = Path(name or "upload").name
+    if len(data) == 0:
+        raise UploadError(f"{label}: the file is empty")
+    if len(data) > max_bytes:
+        raise UploadError(f"{label}: {len(data) / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB limit")
+    suffix = _suffix(label, IMAGE_SUFFIXES + RASTER_SUFFIXES)
+    if suffix in RASTER_SUFFIXES:
+        return _read_geotiff(label, data, suffix, max_pixels, kind)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size  # from the header: nothing decoded yet
+            if w * h > max_pixels:
+                raise UploadError(f"{label}: {w}x{h} pixels is over the {max_pixels:,} pixel limit")
+            im.load()
+            rgb = np.asarray(im.convert("RGBA" if im.mode in ("RGBA", "LA", "P") else "RGB"))
+    except UploadError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UploadError(f"{label}: not a readable image ({type(exc).__name__})") from exc
+    return Upload(name=label, rgb=rgb)
+
+
+def _read_geotiff(label: str, data: bytes, suffix: str, max_pixels: int, kind: str) -> Upload:
+    import rasterio
+
+    from seg2sat.landcover import read_landcover_raster
+
+    path = _private_copy(data, suffix)
+    try:
+        with rasterio.open(path) as src:
+            if src.width * src.height > max_pixels:
+                raise UploadError(f"{label}: {src.width}x{src.height} pixels is over the {max_pixels:,} pixel limit")
+            count, dtype = src.count, src.dtypes[0]
+        if kind == "image":
+            if count < 3 or dtype != "uint8":
+                raise UploadError(f"{label}: an aerial image needs 3 uint8 bands (got {count} of {dtype})")
+            from seg2sat.raster import read_raster
+
+            r = read_raster(path, require_crs=False)
+            return Upload(name=label, rgb=np.moveaxis(r.array[:3], 0, -1), crs=r.crs, transform=r.transform,
+                          path=path)
+        lc = read_landcover_raster(path, snap=count in (3, 4), allow_no_crs=True)
+        return Upload(name=label, codes=lc.codes, valid=lc.valid, crs=lc.crs, transform=lc.transform, path=path)
+    except UploadError:
+        raise
+    except Seg2SatError as exc:
+        raise UploadError(f"{label}: {str(exc).split(': ', 1)[-1]}") from exc
+    except Exception as exc:  # rasterio raises several types for broken files
+        raise UploadError(f"{label}: not a readable GeoTIFF ({type(exc).__name__})") from exc
+
+
+def upload_to_codes(upload: Upload, size: int | None = None) -> np.ndarray:
+    """An uploaded map as codes (snapping a colour hint), optionally resized (nearest) to a square."""
+    from seg2sat.landcover import nearest_resize
+
+    codes = upload.codes if upload.codes is not None else snap_hint(upload.rgb).codes
+    return nearest_resize(codes, size, size) if size else codes
+
+
+# ---------------------------------------------------------------------------------------------
+# Canvas
+# ---------------------------------------------------------------------------------------------
+
+
+def template_codes(name: str, size: int) -> np.ndarray:
+    """Starting maps: blank fields, a village, a river valley."""
+    codes = np.full((size, size), 11, np.uint8)  # agricultural land
+    s = size
+    if name == "village":
+        codes[:, : s // 2] = 10
+        codes[s // 3: 2 * s // 3, s // 4: 3 * s // 4] = 2
+        for i in range(4):
+            y, x = s // 3 + (i // 2) * s // 6 + 4, s // 4 + (i % 2) * s // 4 + 4
+            codes[y: y + s // 10, x: x + s // 8] = 1
+        codes[s // 2 - 3: s // 2 + 3, :] = 3
+    elif name == "river":
+        codes[:] = 7
+        yy, xx = np.mgrid[:s, :s]
+        river = np.abs(xx - (s / 2 + s / 6 * np.sin(yy / s * 2 * np.pi))) < s / 14
+        codes[river] = 5
+        codes[:, : s // 5] = 11
+    return codes
+
+
+def compose_drawing(base: np.ndarray, strokes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Canvas strokes (RGBA, transparent where untouched) over a base map -> (codes, hint, snapped).
+
+    Strokes are snapped to the legend (anti-aliased edges take their neighbours' class); the
+    number of stroke pixels whose colour changed is returned for display.
+    """
+    hint = codes_to_hint(base)
+    if strokes is None:
+        return base, hint, 0
+    strokes = np.asarray(strokes)
+    if strokes.shape[:2] != base.shape:
+        from seg2sat.landcover import nearest_resize
+
+        strokes = nearest_resize(strokes, *base.shape)
+    painted = strokes[..., 3] > 0
+    if not painted.any():
+        return base, hint, 0
+    merged = hint.copy()
+    merged[painted] = strokes[painted, :3]
+    snapped = snap_hint(merged)
+    return snapped.codes, snapped.hint, snapped.changed
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------
+
+
+def load_model(cfg: DictConfig) -> tuple[Any, int]:
+    """(pipeline, tile size) of the configured model; raises ModelError when it is missing."""
+    from seg2sat.stages.infer import _device_dtype
+    from seg2sat.stages.infer import load_model as infer_load
+
+    device, dtype = _device_dtype(cfg)
+    return infer_load(cfg, device, dtype)
+
+
+def demo_model_missing(cfg: DictConfig) -> bool:
+    """True when the configured model is the demo's folder and it is not built yet."""
+    from seg2sat.models import MODEL_INFO
+
+    path = Path(str(cfg.model_path))
+    return str(cfg.model_path) != "tiny-random" and not (path / MODEL_INFO).exists() and not path.is_dir()
+
+
+def build_demo_model(cfg: DictConfig) -> Path:
+    """Run `seg2sat demo` with the app's paths (a few minutes on CPU)."""
+    from seg2sat.config import compose
+    from seg2sat.stages import demo
+
+    paths = OmegaConf.to_container(cfg.paths, resolve=True)
+    return demo.run(compose("demo", [f"paths.{k}={v}" for k, v in paths.items()])).model_dir
+
+
+def make_prompt(codes: np.ndarray, place: str, style: str | None, text: str | None = None) -> str:
+    """A fixed prompt, or the caption of the map's class shares with a place and a style."""
+    if text:
+        return text
+    return caption_for(class_shares(codes), place=place or "France", style=style or None)
+
+
+def generate(pipe: Any, tile: int, codes: np.ndarray, prompt: str, *, seed: int = 0, steps: int = 20,
+             guidance_scale: float = 7.5, controlnet_scale: float = 1.0, progress: Any = None) -> dict[str, Any]:
+    """One image for a map of any size; returns the image, prompt, settings and seconds."""
+    from seg2sat.tiling import generate_image
+
+    t0 = time.perf_counter()
+    image = generate_image(pipe, codes, prompt, seed=int(seed), steps=int(steps),
+                           guidance_scale=float(guidance_scale), controlnet_scale=float(controlnet_scale),
+                           tile=tile, overlap=tile // 4, batch_size=4, progress=progress)
+    return {"image": image, "prompt": prompt, "seed": int(seed), "steps": int(steps),
+            "guidance_scale": float(guidance_scale), "controlnet_scale": float(controlnet_scale),
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def edit(pipe: Any, tile: int, image: np.ndarray, codes: np.ndarray, painted: np.ndarray, prompt: str, *,
+         margin: int = 8, **settings: Any) -> np.ndarray:
+    """Regenerate the painted part of an aerial image (the rest stays bit-identical)."""
+    from seg2sat.tiling import regional_edit
+
+    if not painted.any():
+        raise UploadError("paint over part of the image first")
+    new, _ = regional_edit(pipe, image[..., :3], codes, painted, painted, prompt, margin=margin, tile=tile,
+                           overlap=tile // 4, batch_size=4, **settings)
+    return new
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """An (H, W, 3) uint8 image as PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def geotiff_bytes(image: np.ndarray, crs: Any, transform: Affine, size: tuple[int, int] | None = None) -> bytes:
+    """The image as a GeoTIFF on the upload's grid (resized back to `size` (w, h) if the map was)."""
+    from seg2sat.raster import write_geotiff
+
+    if size and (image.shape[1], image.shape[0]) != size:
+        image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_geotiff(Path(tmp) / "out.tif", np.moveaxis(image, -1, 0), crs, transform)
+        return path.read_bytes()
+
+
+def run_batch(cfg: DictConfig, upload: Upload, out_dir: Path, progress: Any = None) -> tuple[Path, dict[str, Any]]:
+    """Tiled inference on an uploaded GeoTIFF (the `infer` stage); returns the output and sidecar."""
+    from seg2sat.stages import infer
+
+    if upload.path is None:
+        raise UploadError(f"{upload.name}: batch generation takes a GeoTIFF")
+    run_cfg = OmegaConf.merge(cfg, {
+        "input": str(upload.path), "output_dir": str(out_dir), "overwrite": True, "preview": False,
+        "cog": False, "crs": None if upload.crs is not None else "EPSG:2154"})
+    result = infer.run(run_cfg)
+    tif = result.outputs[0]
+    return tif, json.loads(Path(f"{tif}.json").read_text())
+
+
+def model_summary(cfg: DictConfig, pipe: Any, tile: int) -> dict[str, Any]:
+    """What the Model page shows: source, base, device, dtype, tile, card, measured fidelity."""
+    from seg2sat.models import MODEL_INFO, count_parameters
+
+    folder = Path(str(cfg.model_path))
+    info = json.loads((folder / MODEL_INFO).read_text()) if (folder / MODEL_INFO).exists() else {}
+    card = (folder / "README.md").read_text() if (folder / "README.md").exists() else ""
+    return {"model": str(cfg.model_path), "base": info.get("base_model") or cfg.get("base_model"),
+            "device": str(pipe.unet.device), "dtype": str(pipe.unet.dtype).replace("torch.", ""),
+            "tile": tile, "controlnet_parameters": count_parameters(pipe.controlnet),
+            "steps": info.get("steps"), "fidelity": info.get("fidelity"), "card": card}
+
+
+def codes_or_other(codes: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """Codes with nodata shown as "other"."""
+    return codes if valid is None else np.where(valid, codes, OTHER_CODE).astype(np.uint8)

@@ -1,0 +1,194 @@
+"""Every page of the Streamlit app, headless (AppTest), on the tiny random model."""
+
+import io
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from omegaconf import OmegaConf
+from PIL import Image
+
+from seg2sat import app_support as sup
+from seg2sat.config import CONF_DIR, compose
+from seg2sat.hints import codes_to_hint
+from seg2sat.labels import BY_CODE
+from seg2sat.raster import FLAIR_CRS, write_geotiff
+
+APP = CONF_DIR.parent / "app"
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture
+def app_env(tmp_path, monkeypatch):
+    """An app config (tiny random model, small canvas) handed over like `seg2sat app` does."""
+    import streamlit as st
+
+    def make(*overrides):
+        cfg = compose("app", [f"paths.root_dir={tmp_path}", "model_path=tiny-random", "steps=2",
+                              "app.canvas_size=64", "app.max_upload_mb=1", "app.max_upload_pixels=40000",
+                              "app.batch_max_pixels=20000", *overrides])
+        path = tmp_path / "app.yaml"
+        path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        monkeypatch.setenv(sup.CONFIG_ENV, str(path))
+        st.cache_resource.clear()
+        return cfg
+
+    return make
+
+
+def _at(page):
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(str(APP / page), default_timeout=120)
+
+
+def _png(array):
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_home_reports_the_model(app_env):
+    app_env()
+    at = _at("Home.py").run()
+    assert not at.exception
+    assert "Model ready: `tiny-random`" in at.success[0].value
+    assert "building" in at.markdown[-1].value and "#db0e9a" in at.markdown[-1].value
+
+
+def test_home_offers_to_build_a_missing_model(app_env, tmp_path):
+    app_env(f"model_path={tmp_path}/models/demo")
+    at = _at("Home.py").run()
+    assert not at.exception
+    assert "No model at" in at.warning[0].value and "seg2sat demo" in at.warning[0].value
+    assert at.button(key="build_demo").label == "Build the demo model"
+
+
+def test_draw_generates_from_strokes(app_env):
+    app_env()
+    at = _at("pages/1_Draw.py")
+    strokes = np.zeros((64, 64, 4), np.uint8)
+    strokes[10:30, 10:40, :3] = BY_CODE[1].rgb  # a building
+    strokes[10:30, 10:40, 3] = 255
+    strokes[30, 10:40, :3] = (200, 20, 150)  # an anti-aliased edge, off the legend
+    strokes[30, 10:40, 3] = 255
+    at.session_state["test_strokes"] = strokes
+    at.run()
+    assert not at.exception
+    at.button(key="generate").click().run()
+    assert not at.exception
+    image = at.image[0]
+    history = at.session_state["history"]
+    assert len(history) == 1
+    out = history[0]["image"]
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8 and out.std() > 1
+    assert history[0]["prompt"].startswith("Aerial view of France. ") and "building" in history[0]["prompt"]
+    assert (history[0]["hint"][10:30, 10:40] == BY_CODE[1].rgb).all()  # snapped, shapes kept
+    assert at.download_button(key="dl_png") is not None and image is not None
+    # a second generation goes to the history
+    at.number_input(key="draw_seed").set_value(3)
+    at.button(key="generate").click().run()
+    assert len(at.session_state["history"]) == 2
+
+
+def test_draw_from_georeferenced_upload_offers_geotiff(app_env, tmp_path):
+    app_env()
+    codes = np.full((1, 64, 64), 6, np.uint8)
+    codes[0, :, 32:] = 11
+    tif = write_geotiff(tmp_path / "m.tif", codes, FLAIR_CRS, Affine(0.2, 0, 1000, 0, -0.2, 2000))
+    at = _at("pages/1_Draw.py")
+    at.session_state["test_strokes"] = np.zeros((64, 64, 4), np.uint8)
+    at.run()
+    at.radio(key="draw_start").set_value("upload").run()
+    at.file_uploader(key="draw_upload").set_value(("m.tif", tif.read_bytes(), "image/tiff")).run()
+    at.button(key="generate").click().run()
+    assert not at.exception
+    crs, transform, shape = at.session_state["history"][0]["georef"]
+    assert crs == FLAIR_CRS and transform == Affine(0.2, 0, 1000, 0, -0.2, 2000) and shape == (64, 64)
+    assert at.download_button(key="dl_tif") is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("bomb.png", _png(np.zeros((300, 300, 3), np.uint8)), "bomb.png: 300x300 pixels is over the 40,000 pixel limit"),
+        ("junk.png", b"not an image at all", "junk.png: not a readable image"),
+        ("big.png", b"x" * (2 * 2**20), "over the 1 MB limit"),
+        ("notes.tif", b"II*\x00garbage", "notes.tif: not a readable GeoTIFF"),
+    ],
+)
+def test_draw_refuses_bad_uploads_with_a_message(app_env, name, data, message):
+    app_env()
+    at = _at("pages/1_Draw.py")
+    at.session_state["test_strokes"] = np.zeros((64, 64, 4), np.uint8)
+    at.run()
+    at.radio(key="draw_start").set_value("upload").run()
+    at.file_uploader(key="draw_upload").set_value((name, data, "image/png")).run()
+    assert not at.exception
+    assert any(message.replace(",", "") in e.value.replace(",", "") for e in at.error), [e.value for e in at.error]
+
+
+def test_read_upload_refuses_unsupported_types_and_paths():
+    with pytest.raises(sup.UploadError, match=r"passwd: unsupported file type"):
+        sup.read_upload("../../etc/passwd", b"root:x", max_bytes=100, max_pixels=100)
+    with pytest.raises(sup.UploadError, match="the file is empty"):
+        sup.read_upload("a.png", b"", max_bytes=100, max_pixels=100)
+
+
+def test_edit_regenerates_only_the_painted_area(app_env):
+    app_env("app.edit_margin=4")
+    rng = np.random.default_rng(0)
+    aerial = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    strokes = np.zeros((64, 80, 4), np.uint8)
+    strokes[20:40, 30:50, :3] = BY_CODE[5].rgb  # paint a pond
+    strokes[20:40, 30:50, 3] = 255
+    at = _at("pages/2_Edit.py")
+    at.session_state["test_edit_strokes"] = strokes
+    at.run()
+    at.file_uploader(key="edit_upload").set_value(("aerial.png", _png(aerial), "image/png")).run()
+    at.button(key="regenerate").click().run()
+    assert not at.exception
+    new = at.session_state["edit_result"]
+    far = np.ones((64, 80), bool)
+    far[20 - 4:40 + 4, 30 - 4:50 + 4] = False
+    np.testing.assert_array_equal(new[far], aerial[far])
+    assert np.abs(new[20:40, 30:50].astype(int) - aerial[20:40, 30:50].astype(int)).mean() > 10
+
+
+def test_batch_runs_a_geotiff(app_env, tmp_path):
+    app_env()
+    codes = np.full((1, 96, 120), 10, np.uint8)
+    codes[0, 40:60] = 3
+    tif = write_geotiff(tmp_path / "road.tif", codes, FLAIR_CRS, Affine(0.2, 0, 500, 0, -0.2, 800))
+    at = _at("pages/3_Batch.py").run()
+    at.file_uploader(key="batch_upload").set_value(("road.tif", tif.read_bytes(), "image/tiff")).run()
+    at.button(key="batch_go").click().run()
+    assert not at.exception, at.exception
+    data, sidecar = at.session_state["batch_result"]
+    out = tmp_path / "out.tif"
+    out.write_bytes(data)
+    with rasterio.open(out) as src:
+        assert src.crs == FLAIR_CRS and src.transform == Affine(0.2, 0, 500, 0, -0.2, 800)
+        assert (src.count, src.height, src.width) == (3, 96, 120)
+    assert sidecar["steps"] == 2
+    # over the page's pixel limit: a message, no traceback
+    big = write_geotiff(tmp_path / "big.tif", np.ones((1, 160, 160), np.uint8), FLAIR_CRS,
+                        Affine(0.2, 0, 0, 0, -0.2, 0))
+    at.file_uploader(key="batch_upload").set_value(("big.tif", big.read_bytes(), "image/tiff")).run()
+    assert not at.exception and "over the 20,000 pixel limit" in at.error[0].value
+
+
+def test_model_page(app_env):
+    app_env()
+    at = _at("pages/4_Model.py").run()
+    assert not at.exception
+    table = at.table[0].value
+    values = dict(zip(table.iloc[:, 0], table.iloc[:, 1], strict=True))
+    assert values["model"] == "tiny-random" and values["device"] == "cpu" and values["tile (px)"] == "64"
+
+
+def test_canvas_hint_round_trip():
+    base = sup.template_codes("village", 64)
+    codes, hint, changed = sup.compose_drawing(base, None)
+    assert (codes == base).all() and (hint == codes_to_hint(base)).all() and changed == 0
