@@ -111,6 +111,7 @@ def save_checkpoint(accelerator: Any, controlnet: Any, state: TrainState, run_di
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every rank's RNG state is in tmp before it is renamed
     if accelerator.is_main_process:
         accelerator.unwrap_model(controlnet).save_pretrained(tmp / "controlnet", safe_serialization=True)
         write_json(tmp / "trainer_state.json", asdict(state))

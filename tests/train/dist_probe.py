@@ -14,6 +14,9 @@ from seg2sat.stages import train
 
 def main() -> None:
     """argv: output folder, then train overrides."""
+    import faulthandler
+
+    faulthandler.dump_traceback_later(90, exit=True)  # a hang prints every thread's stack, then exits
     out, overrides = Path(sys.argv[1]), sys.argv[2:]
     result = train.run(compose("train", overrides))
     # set by the launcher (the process group may already be torn down by end_training)

@@ -2,13 +2,11 @@
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
-
-import pytest
 
 PROBE = Path(__file__).with_name("dist_probe.py")
 
@@ -19,7 +17,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None and sys.platform != "linux", reason="needs accelerate")
 def test_two_cpu_processes_stay_in_sync_on_disjoint_data(prepared_tiny, tmp_path):
     out = tmp_path / "probe"
     out.mkdir()
@@ -30,7 +27,14 @@ def test_two_cpu_processes_stay_in_sync_on_disjoint_data(prepared_tiny, tmp_path
            f"paths.root_dir={tmp_path}", f"prepared_dir={prepared_tiny}", "batch_size=2", "max_steps=3",
            "checkpointing_steps=3", "validation_steps=3", "num_validation_images=3",
            "validation_inference_steps=2", "log_every=1"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=200)
+    if proc.returncode != 0 and "Timeout (0:01:30)!" in proc.stderr:
+        # A rare stall of the 2-process CPU launch has been seen (about 1 run in 20, stacks not
+        # yet caught). The probe dumps every thread's stack and exits; report it, try once more
+        # on a fresh port. A second failure, or any other error, fails the test.
+        warnings.warn(f"2-process launch stalled; stacks:\n{proc.stderr[-6000:]}", stacklevel=1)
+        cmd[cmd.index("--main_process_port") + 1] = str(_free_port())
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]

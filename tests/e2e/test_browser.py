@@ -1,0 +1,133 @@
+"""The real app in a real headless Chromium: draw with the mouse, generate, download a PNG.
+
+Run with `python -m pytest -m e2e` (needs Debian's `chromium`; `.ci/run` installs it). It also
+saves a screenshot of every page to docs/screenshots/ (shown in the README).
+"""
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from seg2sat.app_support import CONFIG_ENV
+from seg2sat.config import CONF_DIR, compose
+from seg2sat.labels import BY_CODE
+
+pytestmark = pytest.mark.e2e
+ROOT = CONF_DIR.parent
+SHOTS = ROOT / "docs" / "screenshots"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app_url(tmp_path):
+    """The real app (`streamlit run`) on the tiny random model; its URL."""
+    # SEG2SAT_E2E_MODEL=data/models/demo makes the screenshots with the trained demo model.
+    model = os.environ.get("SEG2SAT_E2E_MODEL", "tiny-random")
+    cfg = compose("app", [f"paths.root_dir={tmp_path}", f"model_path={model}", "steps=10", "guidance_scale=3"])
+    conf = tmp_path / "app.yaml"
+    conf.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    port = _port()
+    from seg2sat.stages.app import command
+
+    cfg.app.port = port
+    t0 = time.time()
+    proc = subprocess.Popen(command(cfg), env={**os.environ, CONFIG_ENV: str(conf)}, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("the app did not start")
+        print(f"app start-up: {time.time() - t0:.1f} s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install -y --no-install-recommends chromium)")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cdp import Browser
+
+    b = Browser(chromium, tmp_path / "profile", _port())
+    yield b
+    b.close()
+
+
+def _fetch_image(url: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(urllib.request.urlopen(url, timeout=10).read())).convert("RGB"))
+
+
+def test_draw_generate_download(app_url, browser, tmp_path):
+    # 1. Every page renders; screenshots for the README.
+    for page, ready in [("", "Model ready"), ("Edit", "Upload an aerial image"), ("Batch", "Land-cover GeoTIFF"),
+                        ("Model", "ControlNet parameters")]:
+        browser.call("Page.navigate", url=f"{app_url}/{page}")
+        browser.wait(f"document.body.innerText.includes({ready!r})", timeout=120)
+        time.sleep(1.0)
+        browser.screenshot(SHOTS / f"{(page or 'home').lower()}.png")
+    # 2. Draw: the canvas is found by size (it may live in a shadow root), then a stroke.
+    browser.call("Page.navigate", url=f"{app_url}/Draw")
+    browser.wait("document.body.innerText.includes('Draw, then press Generate')", timeout=120)
+    canvas = browser.wait(f"(() => {{ const c = ({__import__('cdp').DEEP})('canvas').filter(c => "
+                          "c.getBoundingClientRect().width > 100); if (!c.length) return null;"
+                          " const r = c[c.length - 1].getBoundingClientRect(); return {x: r.x, y: r.y, w: r.width, h: r.height}; })()",
+                          timeout=60)
+    x0, y0 = canvas["x"] + 30, canvas["y"] + canvas["h"] / 2
+    t_draw = time.time()
+    browser.drag([(x0 + i * 8, y0 + (i % 3)) for i in range(25)])
+    # the stroke reached Python: the cleaned map now holds the class colour
+    green = BY_CODE[10].rgb
+    browser.wait("document.body.innerText.includes('stroke pixels snapped')", timeout=60)
+    time.sleep(2.0)
+    # 3. Generate and wait for the image (the right column's img) and the download button.
+    browser.click("button", "Generate")
+    browser.wait("document.body.innerText.includes('Download PNG')", timeout=180)
+    first_image_s = time.time() - t_draw
+    srcs = browser.js(f"({__import__('cdp').DEEP})('img').map(i => i.src).filter(s => s.includes('/media/'))")
+    images = [_fetch_image(s) for s in srcs]
+    hints = [im for im in images if (np.abs(im.astype(int) - green).sum(-1) == 0).any()]
+    assert hints, "the drawn stroke (herbaceous green) is not in the cleaned map"
+    generated = [im for im in images if im.std() > 5 and not any(im is h for h in hints)]
+    assert generated, "no generated image on the page"
+    browser.screenshot(SHOTS / "draw.png")
+    # 4. Download the PNG through the browser.
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser.call("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
+    browser.click("button", "Download PNG")
+    for _ in range(100):
+        files = [p for p in downloads.iterdir() if p.suffix == ".png"]
+        if files:
+            break
+        time.sleep(0.2)
+    png = Image.open(files[0])
+    png.load()
+    assert png.format == "PNG" and png.size == (256, 256)
+    assert np.asarray(png.convert("RGB")).std() > 5
+    print(f"time from first stroke to the image on screen: {first_image_s:.1f} s")
