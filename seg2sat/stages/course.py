@@ -1,0 +1,79 @@
+"""`seg2sat course lesson=...`: run one companion lesson and print what it shows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from seg2sat.errors import Seg2SatError
+
+LESSONS = ("tokens", "sampling", "embeddings", "gpt", "diffusion")
+
+
+def _tokens(cfg: DictConfig) -> dict[str, Any]:
+    from seg2sat.course import tokens
+
+    out = {"text": cfg.text, "split": {}}
+    for name in tokens.ENCODINGS:
+        t = tokens.split_tiktoken(str(cfg.text), name)
+        out["split"][name] = {"count": t.count, "ids": t.ids, "pieces": t.pieces}
+    out["english_vs_french"] = tokens.compare_languages()
+    return out
+
+
+def _sampling(cfg: DictConfig) -> dict[str, Any]:
+    from seg2sat.course import sampling
+
+    words = ["fields", "forest", "river", "village", "road", "vineyard", "lake", "snow"]
+    logits = torch.tensor([3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.0, -1.0])
+    settings = [{"temperature": 0.5}, {"temperature": 1.5}, {"top_k": 3}, {"top_p": 0.8},
+                {"temperature": float(cfg.temperature), "top_k": int(cfg.top_k), "top_p": float(cfg.top_p)}]
+    return {"prompt": "Aerial view of a ... (toy logits)",
+            "table": sampling.probability_table(logits, lambda i: words[i], settings)}
+
+
+def _embeddings(cfg: DictConfig) -> dict[str, Any]:
+    from seg2sat.course import embeddings
+
+    manifest = Path(cfg.prepared_dir) / "manifest.jsonl"
+    if manifest.exists():
+        texts = sorted({json.loads(line)["caption"] for line in manifest.read_text().splitlines() if line.strip()})
+    else:
+        texts = ["Aerial view of Gironde. vineyard, building", "Aerial view of Landes. coniferous, water",
+                 "Aerial view of Paris. building, impervious surface", "Aerial view of Alpes. snow, coniferous"]
+    hits = embeddings.search(str(cfg.query), texts, k=5)
+    return {"query": cfg.query, "searched": len(texts), "nearest": [h.__dict__ for h in hits]}
+
+
+def _gpt(cfg: DictConfig) -> dict[str, Any]:
+    from seg2sat.course import gpt
+
+    text = Path(cfg.text_file).read_text(encoding="utf-8") if cfg.text_file else None
+    _, _, log = gpt.train_gpt(text, steps=int(cfg.steps), seed=int(cfg.seed),
+                              progress=lambda s, v: print(f"step {s:5d}  val loss {v:.3f}", flush=True))
+    return {"uniform_loss": log.uniform_loss, "val_loss": dict(zip(log.steps, log.val_loss, strict=True)),
+            "seconds": round(log.seconds, 1), "last_sample": log.samples[-1][1]}
+
+
+def _diffusion(cfg: DictConfig) -> dict[str, Any]:
+    from seg2sat.course import diffusion
+    from seg2sat.models import build_tiny_components
+
+    sched = build_tiny_components(0)["scheduler"]
+    steps = [0, 100, 250, 500, 750, 999]
+    return {"timestep": steps, "signal_level": diffusion.signal_level(sched, steps)}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the lesson; prints and returns its result."""
+    lesson = str(cfg.lesson)
+    if lesson not in LESSONS:
+        raise Seg2SatError(f"unknown lesson {lesson!r}; choose one of {', '.join(LESSONS)}")
+    result = {"tokens": _tokens, "sampling": _sampling, "embeddings": _embeddings, "gpt": _gpt,
+              "diffusion": _diffusion}[lesson](cfg)
+    print(json.dumps(result, indent=1, ensure_ascii=False, default=str))
+    return result
