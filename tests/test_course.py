@@ -158,3 +158,40 @@ def stage_cfg_course(tmp_path, monkeypatch):
 
     monkeypatch.setenv("SEG2SAT_CACHE", str(tmp_path / "cache"))
     return lambda *o: compose("course", [f"paths.root_dir={tmp_path}", *o])
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    from seg2sat.course import llm
+    from seg2sat.course.deps import CourseDependencyError
+
+    pytest.importorskip("gguf", reason="course extra not installed")
+    try:
+        llm.find_smollm()
+    except CourseDependencyError as exc:
+        pytest.skip(str(exc))
+    return llm
+
+
+def test_llm_chat_context_and_next_token(smollm):
+    msgs = smollm.messages("You are a geographer.", [("Hi", "Hello!")], "What is the capital of France?")
+    ctx = smollm.chat_context(msgs)
+    assert ctx["text"].index("You are a geographer.") < ctx["text"].index("Hello!") < ctx["text"].index("capital")
+    assert ctx["count"] == len(ctx["ids"]) and "".join(ctx["pieces"]) == ctx["text"]
+    table = smollm.next_token_table(msgs, [{"temperature": 0.0}, {"top_k": 3}], top=5)
+    model_p = [r["model"] for r in table]
+    assert model_p == sorted(model_p, reverse=True) and 0 < sum(model_p) <= 1
+    assert table[0]["temperature=0.0"] == 1.0 and all(r["temperature=0.0"] == 0 for r in table[1:])
+    assert sum(r["top_k=3"] for r in table[:3]) == pytest.approx(1.0)
+
+
+def test_llm_greedy_reply_matches_transformers_generate(smollm):
+    import torch
+
+    msgs = smollm.messages(None, [], "Name a colour.")
+    ours = smollm.reply(msgs, max_new_tokens=6, temperature=0.0)
+    model, tok = smollm.load_llm()
+    ids = torch.tensor([smollm.chat_context(msgs, tok)["ids"]])
+    ref = model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1]:]
+    assert ours == tok.decode([i for i in ref.tolist() if i != tok.eos_token_id]).split("<|im_end|>")[0]
+    assert smollm.reply(msgs, 8, temperature=0.8, seed=1) == smollm.reply(msgs, 8, temperature=0.8, seed=1)

@@ -10,7 +10,8 @@ from seg2sat.errors import Seg2SatError
 
 st.set_page_config(page_title="Seg2Sat - Course", layout="wide")
 st.title("How generative AI works, with real offline models")
-tab_tok, tab_samp, tab_emb, tab_gpt, tab_diff = st.tabs(["Tokens", "Sampling", "Embeddings", "Small GPT", "Diffusion"])
+tab_tok, tab_samp, tab_llm, tab_emb, tab_gpt, tab_diff = st.tabs(
+    ["Tokens", "Sampling", "Chat (small LLM)", "Embeddings", "Small GPT", "Diffusion"])
 
 with tab_tok:
     text = st.text_area("Text", "La forêt borde la rivière, et le village se trouve au-delà des champs.", key="tok_text")
@@ -37,6 +38,32 @@ with tab_samp:
     draws = sampling.sample(probs, torch.Generator().manual_seed(0), n=8).tolist()
     st.write("8 draws: " + ", ".join(words[i] for i in draws))
     st.session_state["samp_probs"] = probs.numpy()
+
+with tab_llm:
+    system = st.text_area("System instruction", "You are a geographer who describes landscapes in one sentence.",
+                          key="llm_system")
+    user = st.text_input("Your message", "Describe a village between vineyards and a river.", key="llm_user")
+    lt = st.slider("Temperature ", 0.0, 2.0, 0.7, 0.1, key="llm_t")
+    lp = st.slider("Top-p ", 0.05, 1.0, 0.9, 0.05, key="llm_p")
+    if st.button("Send", key="llm_go"):
+        try:
+            from seg2sat.course import llm
+
+            history = st.session_state.setdefault("llm_history", [])
+            msgs = llm.messages(system, history, user)
+            ctx = llm.chat_context(msgs)
+            st.caption(f"What the model receives ({ctx['count']} tokens):")
+            st.code(ctx["text"])
+            table = llm.next_token_table(msgs, [{"temperature": lt, "top_p": lp}], top=8)
+            st.table(pd.DataFrame(table))
+            answer = llm.reply(msgs, temperature=lt, top_p=lp)
+            history.append((user, answer))
+            st.session_state["llm_context_tokens"] = ctx["count"]
+        except Seg2SatError as exc:
+            st.warning(str(exc))
+    for u, a in st.session_state.get("llm_history", []):
+        st.chat_message("user").write(u)
+        st.chat_message("assistant").write(a)
 
 with tab_emb:
     query = st.text_input("Query", "pine forest and a lake", key="emb_query")

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from seg2sat.errors import Seg2SatError
 
-LESSONS = ("tokens", "sampling", "embeddings", "gpt", "diffusion")
+LESSONS = ("tokens", "sampling", "embeddings", "gpt", "diffusion", "llm", "fetch_llm")
 
 
 def _tokens(cfg: DictConfig) -> dict[str, Any]:
@@ -68,12 +68,29 @@ def _diffusion(cfg: DictConfig) -> dict[str, Any]:
     return {"timestep": steps, "signal_level": diffusion.signal_level(sched, steps)}
 
 
+def _llm(cfg: DictConfig) -> dict[str, Any]:
+    from seg2sat.course import llm
+
+    msgs = llm.messages(str(cfg.system) if cfg.system else None, [], str(cfg.user))
+    ctx = llm.chat_context(msgs)
+    settings = [{"temperature": float(cfg.temperature), "top_k": int(cfg.top_k), "top_p": float(cfg.top_p)}]
+    return {"context": ctx["text"], "tokens": ctx["count"], "next_token": llm.next_token_table(msgs, settings, top=8),
+            "reply": llm.reply(msgs, temperature=float(cfg.temperature), top_k=int(cfg.top_k),
+                               top_p=float(cfg.top_p), seed=int(cfg.seed))}
+
+
+def _fetch_llm(cfg: DictConfig) -> dict[str, Any]:
+    from seg2sat.course import llm
+
+    return {"model_dir": str(llm.fetch_smollm())}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the lesson; prints and returns its result."""
     lesson = str(cfg.lesson)
     if lesson not in LESSONS:
         raise Seg2SatError(f"unknown lesson {lesson!r}; choose one of {', '.join(LESSONS)}")
     result = {"tokens": _tokens, "sampling": _sampling, "embeddings": _embeddings, "gpt": _gpt,
-              "diffusion": _diffusion}[lesson](cfg)
+              "diffusion": _diffusion, "llm": _llm, "fetch_llm": _fetch_llm}[lesson](cfg)
     print(json.dumps(result, indent=1, ensure_ascii=False, default=str))
     return result

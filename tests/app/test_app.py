@@ -218,3 +218,23 @@ def test_course_page_embeddings(app_env):
     at.button(key="emb_go").click().run()
     assert not at.exception
     assert at.session_state["emb_hits"][0] == "Aerial view of Landes. coniferous, water"
+
+
+def test_course_page_chat(app_env):
+    from seg2sat.course import llm
+    from seg2sat.course.deps import CourseDependencyError
+
+    pytest.importorskip("gguf", reason="course extra not installed")
+    try:
+        llm.find_smollm()
+    except CourseDependencyError as exc:
+        pytest.skip(str(exc))
+    app_env()
+    at = _at("pages/5_Course.py").run()
+    at.button(key="llm_go").click().run()
+    assert not at.exception
+    history = at.session_state["llm_history"]
+    assert len(history) == 1 and history[0][0].startswith("Describe a village") and history[0][1].strip()
+    at.button(key="llm_go").click().run()  # the second turn's context holds the first answer
+    assert len(at.session_state["llm_history"]) == 2
+    assert at.session_state["llm_context_tokens"] > 40
