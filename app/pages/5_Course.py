@@ -75,8 +75,13 @@ with tab_emb:
         try:
             from seg2sat.course import embeddings
 
-            hits = embeddings.search(query, [c for c in captions if c.strip()], k=5)
+            texts = [c for c in captions if c.strip()]
+            vectors = embeddings.embed([query, *texts])
+            hits = embeddings.search(query, texts, k=5, vectors=vectors[1:])
             st.table(pd.DataFrame([{"text": h.text, "cosine": round(h.score, 3)} for h in hits]))
+            xy = embeddings.project_2d(vectors)
+            st.scatter_chart(pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "text": ["(query)", *texts]}),
+                             x="x", y="y", color="text")
             st.session_state["emb_hits"] = [h.text for h in hits]
         except Seg2SatError as exc:
             st.warning(str(exc))
@@ -104,3 +109,15 @@ with tab_diff:
     frames = diffusion.forward_noising(sched, tile, ts)
     st.image(np.concatenate(frames, axis=1), caption="forward noising at t = " + ", ".join(map(str, ts)))
     st.session_state["diff_levels"] = levels
+    if st.button("Show the model denoising a village map", key="diff_go"):
+        from seg2sat import app_support as sup
+        from seg2sat import app_ui as ui
+
+        loaded = ui.require_model()
+        if loaded is not None:
+            pipe, tile = loaded
+            hint = sup.codes_to_hint(sup.template_codes("village", tile))
+            frames = diffusion.denoising_trajectory(pipe, hint, "Aerial view of a village", steps=10, every=3)
+            st.image(np.concatenate([hint] + [f for _, f in frames], axis=1),
+                     caption="hint, then the decoded latent after steps " + ", ".join(str(s) for s, _ in frames))
+            st.session_state["diff_frames"] = len(frames)

@@ -204,6 +204,8 @@ def test_course_page(app_env, tmp_path, monkeypatch):
     at.slider(key="samp_k").set_value(2).run()
     assert (at.session_state["samp_probs"] > 0).sum() == 2
     assert at.session_state["diff_levels"][0] > 0.99
+    at.button(key="diff_go").click().run()
+    assert not at.exception and at.session_state["diff_frames"] == 4  # steps 1, 4, 7, 10
     at.slider(key="gpt_steps").set_value(40).run()
     at.button(key="gpt_go").click().run()
     assert not at.exception
