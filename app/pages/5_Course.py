@@ -10,8 +10,8 @@ from seg2sat.errors import Seg2SatError
 
 st.set_page_config(page_title="Seg2Sat - Course", layout="wide")
 st.title("How generative AI works, with real offline models")
-tab_tok, tab_samp, tab_llm, tab_emb, tab_gpt, tab_diff = st.tabs(
-    ["Tokens", "Sampling", "Chat (small LLM)", "Embeddings", "Small GPT", "Diffusion"])
+tab_tok, tab_samp, tab_llm, tab_emb, tab_words, tab_gpt, tab_diff = st.tabs(
+    ["Tokens", "Sampling", "Chat (small LLM)", "Embeddings", "Secret word", "Small GPT", "Diffusion"])
 
 with tab_tok:
     text = st.text_area("Text", "La forêt borde la rivière, et le village se trouve au-delà des champs.", key="tok_text")
@@ -83,6 +83,24 @@ with tab_emb:
             st.scatter_chart(pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "text": ["(query)", *texts]}),
                              x="x", y="y", color="text")
             st.session_state["emb_hits"] = [h.text for h in hits]
+        except Seg2SatError as exc:
+            st.warning(str(exc))
+
+with tab_words:
+    st.caption("Find the secret French landscape word: each guess gets a temperature (100 x cosine similarity).")
+    guess = st.text_input("Your guess (in French)", key="word_guess")
+    if st.button("Guess", key="word_go") and guess:
+        try:
+            from seg2sat.course import words
+
+            game = st.session_state.setdefault("word_game", words.SecretWordGame(seed=int(st.session_state.get(
+                "word_seed", 0))))
+            result = game.guess(guess)
+            if not result["known"]:
+                st.warning(f"« {result['word']} » is not in the vocabulary.")
+            elif result["found"]:
+                st.success(f"Found: « {game.secret} »!")
+            st.table(pd.DataFrame(game.ranking()))
         except Seg2SatError as exc:
             st.warning(str(exc))
 

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from seg2sat.errors import Seg2SatError
 
-LESSONS = ("tokens", "sampling", "embeddings", "gpt", "diffusion", "llm", "fetch_llm")
+LESSONS = ("tokens", "sampling", "embeddings", "words", "gpt", "diffusion", "llm", "fetch_llm")
 
 
 def _tokens(cfg: DictConfig) -> dict[str, Any]:
@@ -47,6 +47,15 @@ def _embeddings(cfg: DictConfig) -> dict[str, Any]:
                  "Aerial view of Paris. building, impervious surface", "Aerial view of Alpes. snow, coniferous"]
     hits = embeddings.search(str(cfg.query), texts, k=5)
     return {"query": cfg.query, "searched": len(texts), "nearest": [h.__dict__ for h in hits]}
+
+
+def _words(cfg: DictConfig) -> dict[str, Any]:
+    from seg2sat.course import words
+
+    game = words.SecretWordGame(seed=int(cfg.seed))
+    for guess in cfg.guesses:
+        game.guess(str(guess))
+    return {"guesses": game.ranking(), "found": any(g["found"] for g in game.guesses)}
 
 
 def _gpt(cfg: DictConfig) -> dict[str, Any]:
@@ -90,7 +99,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     lesson = str(cfg.lesson)
     if lesson not in LESSONS:
         raise Seg2SatError(f"unknown lesson {lesson!r}; choose one of {', '.join(LESSONS)}")
-    result = {"tokens": _tokens, "sampling": _sampling, "embeddings": _embeddings, "gpt": _gpt,
+    result = {"tokens": _tokens, "sampling": _sampling, "embeddings": _embeddings, "words": _words, "gpt": _gpt,
               "diffusion": _diffusion, "llm": _llm, "fetch_llm": _fetch_llm}[lesson](cfg)
     print(json.dumps(result, indent=1, ensure_ascii=False, default=str))
     return result

