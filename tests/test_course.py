@@ -211,3 +211,14 @@ def test_french_word_vectors_and_secret_word_game():
     assert hit["found"] and hit["temperature"] == pytest.approx(100, abs=0.01)
     assert [g["word"] for g in game.ranking()] == ["forêt", "bois", "voiture"]
     assert all(words.vector(w) is not None for w in words.SECRETS)
+
+
+def test_llm_short_finetune_makes_the_text_likelier(smollm):
+    from seg2sat.course import gpt
+
+    text = gpt.DEFAULT_CORPUS.read_text(encoding="utf-8")[:30000]
+    base_first = next(smollm.load_llm()[0].parameters()).detach().clone()
+    out = smollm.finetune(text, steps=4, lr=1e-4, seq_len=32, batch_size=2, val_chunks=4)
+    assert out["val_loss_after"] < out["val_loss_before"] - 0.05
+    assert len(out["train_losses"]) == 4
+    assert (next(smollm.load_llm()[0].parameters()) == base_first).all()  # the cached model is untouched

@@ -108,9 +108,13 @@ def next_token_table(msgs: list[dict[str, str]], settings: list[dict[str, Any]],
 
 @torch.no_grad()
 def reply(msgs: list[dict[str, str]], max_new_tokens: int = 40, temperature: float = 0.7, top_k: int = 0,
-          top_p: float = 0.9, seed: int = 0) -> str:
-    """Sample an answer token by token with the course's samplers (KV cache reused)."""
-    model, tok = load_llm()
+          top_p: float = 0.9, seed: int = 0, model: Any = None) -> str:
+    """Sample an answer token by token with the course's samplers (KV cache reused).
+
+    `model` replaces the base model (e.g. one returned by `finetune`).
+    """
+    base, tok = load_llm()
+    model = model or base
     ids = torch.tensor([chat_context(msgs, tok)["ids"]])
     g = torch.Generator().manual_seed(seed)
     out, past, step_in = [], None, ids
@@ -124,3 +128,51 @@ def reply(msgs: list[dict[str, str]], max_new_tokens: int = 40, temperature: flo
         out.append(nxt)
         step_in = torch.tensor([[nxt]])
     return tok.decode(out)
+
+
+def _chunks(ids: list[int], seq_len: int) -> torch.Tensor:
+    n = len(ids) // seq_len
+    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+
+
+@torch.no_grad()
+def text_loss(model: Any, chunks: torch.Tensor) -> float:
+    """Mean next-token cross-entropy of the model on token chunks."""
+    model.eval()
+    return float(model(chunks, labels=chunks).loss)
+
+
+def finetune(text: str, steps: int = 30, lr: float = 5e-5, seq_len: int = 64, batch_size: int = 4,
+             seed: int = 0, val_chunks: int = 16, progress: Any = None) -> dict[str, Any]:
+    """A short full fine-tune of a copy of the small LLM on a text: its style becomes likelier.
+
+    The text is cut into `seq_len`-token chunks; the last tenth is held out. Returns the held-out
+    loss before and after, the losses along the way, and the tuned model (the cached base model
+    is left untouched).
+    """
+    import copy
+
+    base, tok = load_llm()
+    model = copy.deepcopy(base)
+    chunks = _chunks(tok(text, add_special_tokens=False).input_ids, seq_len)
+    if len(chunks) < 10:
+        raise ValueError(f"the text gives {len(chunks)} chunks of {seq_len} tokens; give a longer text")
+    n_val = max(1, len(chunks) // 10)
+    train, val = chunks[:-n_val], chunks[-n_val:][:val_chunks]
+    before = text_loss(model, val)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    losses = []
+    model.train()
+    for step in range(steps):
+        batch = train[torch.randint(len(train), (batch_size,), generator=g)]
+        loss = model(batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss))
+        if progress:
+            progress(step + 1, steps)
+    return {"model": model.eval(), "val_loss_before": before, "val_loss_after": text_loss(model, val),
+            "train_losses": losses}
