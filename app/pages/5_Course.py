@@ -24,6 +24,14 @@ with tab_tok:
             st.code(" | ".join(t.pieces))
             st.caption(f"ids: {t.ids}")
         st.table(pd.DataFrame(tokens.compare_languages()).drop(columns=["characters"]))
+        try:
+            from seg2sat.course import llm
+
+            sm = tokens.split_hf(text, llm.load_tokenizer(), "smollm2")
+            st.markdown(f"**SmolLM2** (the small LLM of the Chat tab): {sm.count} tokens")
+            st.code(" | ".join(sm.pieces))
+        except deps.CourseDependencyError as exc:
+            st.caption(str(exc))
         clip = tokens.clip_tokenizer()
         c = tokens.split_hf(text, clip, "clip")
         st.markdown(f"**CLIP** (Stable Diffusion's text encoder): {c.count} tokens, at most 75 + start/end")
@@ -111,9 +119,17 @@ with tab_words:
 
 with tab_gpt:
     steps = st.slider("Training steps", 20, 1000, 200, 20, key="gpt_steps")
-    if st.button("Train on Shakespeare's Sonnets", key="gpt_go"):
+    own = st.file_uploader("Your own text (.txt, up to 2 MB; default: Shakespeare's Sonnets)", type=["txt"],
+                           key="gpt_text")
+    corpus = None
+    if own is not None:
+        if own.size > 2 * 2**20:
+            st.error(f"{own.name}: over the 2 MB limit")
+        else:
+            corpus = own.getvalue().decode("utf-8", errors="replace")
+    if st.button("Train the small GPT", key="gpt_go"):
         bar = st.progress(0.0)
-        _, _, log = gpt.train_gpt(steps=steps, eval_every=max(10, steps // 10),
+        _, _, log = gpt.train_gpt(corpus, steps=steps, eval_every=max(10, steps // 10),
                                   progress=lambda s, v: bar.progress(s / steps, text=f"step {s}: val loss {v:.2f}"))
         st.line_chart(pd.DataFrame({"train": log.train_loss, "validation": log.val_loss}, index=log.steps))
         st.caption(f"uniform guessing: ln(vocab) = {log.uniform_loss:.2f}; {log.seconds:.1f} s")

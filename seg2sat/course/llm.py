@@ -65,6 +65,15 @@ def fetch_smollm(dest: Path | None = None) -> Path:
 
 
 @lru_cache(maxsize=1)
+def load_tokenizer() -> Any:
+    """Only the small LLM's tokenizer (read from the GGUF metadata; no weights)."""
+    need("gguf", "gguf")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(find_smollm(), gguf_file=GGUF)
+
+
+@lru_cache(maxsize=1)
 def load_llm() -> tuple[Any, Any]:
     """(model, tokenizer), loaded once, eval mode, CPU."""
     need("gguf", "gguf")

