@@ -430,10 +430,16 @@ def train(cfg: DictConfig) -> TrainResult:
             state.epoch += 1
             state.batch_in_epoch = 0
     bar.close()
-    accelerator.end_training()
     if last_loss is None and loss_count:
         last_loss = float((loss_sum / loss_count).item())
+    # 7. Orderly end: the DDP wrapper and its gradient hooks are freed while every rank is here
+    #    (a rank tearing them down after another has left was seen to stall on CPU/gloo).
+    trained = accelerator.unwrap_model(controlnet)
+    accelerator.wait_for_everyone()
+    del controlnet, optimizer, lr_scheduler
+    accelerator.free_memory()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return TrainResult(run_dir=run_dir, global_step=state.global_step, last_loss=last_loss,
                        checkpoints=list_checkpoints(run_dir), samples_per_s=sps,
-                       peak_memory_mb=_peak_memory_mb(accelerator.device), seen=seen,
-                       controlnet=accelerator.unwrap_model(controlnet))
+                       peak_memory_mb=_peak_memory_mb(accelerator.device), seen=seen, controlnet=trained)
