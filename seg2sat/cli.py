@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("export", "seg2sat.stages.export", "checkpoint -> model folder for inference and the app"),
     "infer": ("infer", "seg2sat.stages.infer", "land-cover GeoTIFF/PNG/vector -> georeferenced aerial GeoTIFF"),
     "app": ("app", "seg2sat.stages.app", "start the Streamlit app (draw, edit, batch)"),
-    "course": ("course", "seg2sat.stages.course", "companion lessons: tokens, sampling, embeddings, gpt, diffusion"),
+    "course": ("course", "seg2sat.stages.course", "companion lessons: tokens, sampling, llm, embeddings, words, gpt, diffusion"),
     "demo": ("demo", "seg2sat.stages.demo", "sample data -> prepare -> train -> export -> a generated image"),
 }
 
