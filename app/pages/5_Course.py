@@ -137,9 +137,11 @@ with tab_gpt:
         st.session_state["gpt_val"] = log.val_loss
 
 with tab_diff:
-    from seg2sat.models import build_tiny_components
+    from diffusers import DDPMScheduler
 
-    sched = build_tiny_components(0)["scheduler"]
+    from seg2sat.models import tiny_scheduler_config
+
+    sched = DDPMScheduler(**tiny_scheduler_config())  # Stable Diffusion's noise schedule
     ts = [0, 100, 250, 500, 750, 999]
     levels = diffusion.signal_level(sched, ts)
     st.line_chart(pd.DataFrame({"signal left": levels}, index=ts))

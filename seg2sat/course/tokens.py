@@ -18,6 +18,7 @@ import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs), strict=True))
 
 
+@lru_cache(maxsize=1)
 def clip_tokenizer() -> Any:
     """The real CLIP tokenizer (as in Stable Diffusion), built offline from the BPE merges file.
 

@@ -25,19 +25,19 @@ def _tokens(cfg: DictConfig) -> dict[str, Any]:
     try:
         from seg2sat.course import llm
 
-        out["smollm2"] = split_clip(llm.load_tokenizer(), str(cfg.text))
+        out["smollm2"] = _split_hf(llm.load_tokenizer(), str(cfg.text))
     except Seg2SatError as exc:
         out["smollm2"] = str(exc)
     try:
         clip = tokens.clip_tokenizer()
         caption = "Aerial view of Gironde. " + ", ".join(["building", "water", "deciduous", "coniferous"] * 8)
-        out["clip"] = {"text": split_clip(clip, str(cfg.text)), "long_caption": tokens.clip_truncation(clip, caption)}
+        out["clip"] = {"text": _split_hf(clip, str(cfg.text)), "long_caption": tokens.clip_truncation(clip, caption)}
     except Seg2SatError as exc:
         out["clip"] = str(exc)
     return out
 
 
-def split_clip(tokenizer: Any, text: str) -> dict[str, Any]:
+def _split_hf(tokenizer: Any, text: str) -> dict[str, Any]:
     """A transformers tokenizer's ids and pieces of a text."""
     from seg2sat.course import tokens
 
@@ -89,10 +89,12 @@ def _gpt(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _diffusion(cfg: DictConfig) -> dict[str, Any]:
-    from seg2sat.course import diffusion
-    from seg2sat.models import build_tiny_components
+    from diffusers import DDPMScheduler
 
-    sched = build_tiny_components(0)["scheduler"]
+    from seg2sat.course import diffusion
+    from seg2sat.models import tiny_scheduler_config
+
+    sched = DDPMScheduler(**tiny_scheduler_config())  # Stable Diffusion's noise schedule
     steps = [0, 100, 250, 500, 750, 999]
     return {"timestep": steps, "signal_level": diffusion.signal_level(sched, steps)}
 

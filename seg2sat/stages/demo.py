@@ -14,7 +14,6 @@ resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -28,6 +27,7 @@ from PIL import Image
 
 from seg2sat.atomic import atomic_path, write_json
 from seg2sat.config import compose
+from seg2sat.data.dataset import load_rgb, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,6 @@ def _stage_cfg(cfg: DictConfig, stage: str, extra: list[str]) -> DictConfig:
     return compose(stage, [*_paths_overrides(cfg), *extra])
 
 
-def _read_manifest(prepared_dir: Path) -> list[dict[str, Any]]:
-    lines = (prepared_dir / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def _load_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
 def measure_fidelity(
     prepared_dir: Path,
     trained_pipe: Any,
@@ -80,16 +70,16 @@ def measure_fidelity(
     from seg2sat.hints import hint_to_codes
     from seg2sat.pipeline import generate
 
-    records = _read_manifest(prepared_dir)
+    records = read_manifest(prepared_dir)
     train = [r for r in records if r["split"] == "train"]
     val = [r for r in records if r["split"] == "val"][:num_images]
     if not val:
         raise ValueError(f"{prepared_dir}: no validation tiles to measure fidelity on")
     colour_model = fit_colour_model(
-        (_load_rgb(prepared_dir / r["image"]), hint_to_codes(_load_rgb(prepared_dir / r["hint"])))
+        (load_rgb(prepared_dir / r["image"]), hint_to_codes(load_rgb(prepared_dir / r["hint"])))
         for r in train
     )
-    hints = [_load_rgb(prepared_dir / r["hint"]) for r in val]
+    hints = [load_rgb(prepared_dir / r["hint"]) for r in val]
     targets = [hint_to_codes(h) for h in hints]
     scores = {}
     for name, pipe in (("trained", trained_pipe), ("untrained", untrained_pipe)):
@@ -99,7 +89,7 @@ def measure_fidelity(
         ]
         scores[name] = mask_fidelity(colour_model, images, targets)
     scores["real_images"] = mask_fidelity(
-        colour_model, [_load_rgb(prepared_dir / r["image"]) for r in val], targets
+        colour_model, [load_rgb(prepared_dir / r["image"]) for r in val], targets
     )
     scores["num_images"] = len(val)
     scores["miou_gain"] = scores["trained"]["miou"] - scores["untrained"]["miou"]
@@ -163,8 +153,8 @@ def run(cfg: DictConfig) -> DemoResult:
 
     # 7. One image from a held-out map, next to its hint.
     pipe = models.load_pipeline(model_dir)
-    record = next(r for r in _read_manifest(prepared_dir) if r["split"] == "val")
-    hint = _load_rgb(prepared_dir / record["hint"])
+    record = next(r for r in read_manifest(prepared_dir) if r["split"] == "val")
+    hint = load_rgb(prepared_dir / record["hint"])
     image = timed("sample", generate, pipe, hint, record["caption"], steps=cfg.sample.steps,
                   guidance_scale=cfg.sample.guidance_scale, seed=cfg.seed)
     out_dir = Path(cfg.paths.outputs_dir) / "demo"

@@ -158,7 +158,10 @@ def prompt_for(cfg: DictConfig, lc: LandCover) -> str:
                        place=str(cfg.prompt.place), style=cfg.prompt.style)
 
 
-def _sampling(cfg: DictConfig, tile: int, overlap: int) -> dict[str, Any]:
+def _sampling(cfg: DictConfig, tile: int) -> dict[str, Any]:
+    """Generation settings; overlap defaults to a quarter tile, rounded down to the VAE factor."""
+    overlap = int(cfg.overlap) if cfg.overlap is not None else tile // 4
+    overlap -= overlap % VAE_FACTOR
     return {"negative_prompt": str(cfg.negative_prompt or ""), "steps": int(cfg.steps),
             "guidance_scale": float(cfg.guidance_scale), "controlnet_scale": float(cfg.controlnet_scale),
             "seed": int(cfg.seed), "tile": tile, "overlap": overlap, "batch_size": int(cfg.batch_size),
@@ -204,10 +207,8 @@ def generate_file(cfg: DictConfig, pipe: Any, tile: int, src: Path, paths: dict[
     in_h, in_w = lc.codes.shape
     out_transform = t if (out_h, out_w) == (in_h, in_w) else Affine(t.a * in_w / out_w, 0, t.c, 0, t.e * in_h / out_h, t.f)
     codes = pad_to_tile(work.codes, tile)
-    overlap = int(cfg.overlap) if cfg.overlap is not None else tile // 4
-    overlap -= overlap % VAE_FACTOR
     prompt = prompt_for(cfg, work)
-    sampling = _sampling(cfg, tile, overlap)
+    sampling = _sampling(cfg, tile)
     h, w = work.codes.shape
     same_grid = (out_h, out_w) == (h, w)
     valid_out = lc.valid if (out_h, out_w) == lc.valid.shape else nearest_resize(lc.valid, out_h, out_w)
@@ -298,9 +299,7 @@ def edit_file(cfg: DictConfig, pipe: Any, tile: int, src: Path, paths: dict[str,
     if not region.any():
         raise RasterError(f"{src}: the edit region is empty")
     # 2-4. Regenerate the region and blend it into a copy of the image.
-    overlap = int(cfg.overlap) if cfg.overlap is not None else tile // 4
-    overlap -= overlap % VAE_FACTOR
-    sampling = _sampling(cfg, tile, overlap)
+    sampling = _sampling(cfg, tile)
     known = region.copy()
     known[r0:r1, c0:c1] |= lc.valid[r0 - row0:r1 - row0, c0 - col0:c1 - col0]
     prompt = prompt_for(cfg, LandCover(codes_full, known, image.crs, image.transform, src))
