@@ -225,11 +225,10 @@ def load_model(cfg: DictConfig) -> tuple[Any, int]:
 
 
 def demo_model_missing(cfg: DictConfig) -> bool:
-    """True when the configured model is the demo's folder and it is not built yet."""
-    from seg2sat.models import MODEL_INFO
-
-    path = Path(str(cfg.model_path))
-    return str(cfg.model_path) != "tiny-random" and not (path / MODEL_INFO).exists() and not path.is_dir()
+    """True when the configured model is a local folder (not a hub id) that does not exist yet."""
+    source = str(cfg.model_path)
+    local = Path(source).is_absolute() or source.startswith((".", "~"))
+    return local and not Path(source).expanduser().exists()
 
 
 def build_demo_model(cfg: DictConfig) -> Path:
