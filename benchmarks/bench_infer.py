@@ -32,12 +32,15 @@ from seg2sat.tiling import generate_tiled
 
 
 def build_pipe(preset: str, device: str, dtype: torch.dtype):
-    from diffusers import ControlNetModel
-
-    from seg2sat.models import _pipeline, build_sd21_base_random_components, build_tiny_components
+    from seg2sat.models import (
+        _pipeline,
+        build_sd21_base_random_components,
+        build_tiny_components,
+        controlnet_from_unet,
+    )
 
     parts = build_tiny_components(0) if preset == "tiny" else build_sd21_base_random_components(0)
-    pipe = _pipeline(parts, ControlNetModel.from_unet(parts["unet"]), "unipc")
+    pipe = _pipeline(parts, controlnet_from_unet(parts["unet"], parts["vae"]), "unipc")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device=device, dtype=dtype)
 

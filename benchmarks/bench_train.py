@@ -71,7 +71,7 @@ def naive_loop(cfg, steps: int, warmup: int) -> tuple[float, float]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[str(cfg.mixed_precision)]
     comps = load_components(cfg.model, dtype=dtype, device=device)
-    controlnet = build_controlnet(cfg.model, comps.unet).float().to(device).train()
+    controlnet = build_controlnet(cfg.model, comps.unet, comps.vae).float().to(device).train()
     if cfg.gradient_checkpointing:
         controlnet.enable_gradient_checkpointing()
     opt = torch.optim.AdamW(controlnet.parameters(), lr=1e-5)

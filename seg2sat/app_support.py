@@ -217,10 +217,10 @@ def compose_drawing(base: np.ndarray, strokes: np.ndarray | None) -> tuple[np.nd
 
 def load_model(cfg: DictConfig) -> tuple[Any, int]:
     """(pipeline, tile size) of the configured model; raises ModelError when it is missing."""
-    from seg2sat.stages.infer import _device_dtype
+    from seg2sat.models import resolve_device_dtype
     from seg2sat.stages.infer import load_model as infer_load
 
-    device, dtype = _device_dtype(cfg)
+    device, dtype = resolve_device_dtype(str(cfg.device), str(cfg.dtype))
     return infer_load(cfg, device, dtype)
 
 

@@ -73,15 +73,19 @@ def legend_markdown() -> str:
 
 
 def sampling_controls(prefix: str) -> dict[str, Any]:
-    """Seed, steps, guidance and ControlNet scale widgets (defaults from the config)."""
+    """Seed, steps, guidance and ControlNet scale widgets (defaults: the config, else the model's)."""
+    from seg2sat.models import sampling_defaults
+
     cfg = config()
+    model_says = sampling_defaults(cfg.model_path)
+    guidance = model_says["guidance_scale"] if cfg.guidance_scale is None else float(cfg.guidance_scale)
+    scale = model_says["controlnet_scale"] if cfg.controlnet_scale is None else float(cfg.controlnet_scale)
     with st.expander("Sampling", expanded=False):
         return {
             "seed": st.number_input("Seed", 0, 2**31 - 1, int(cfg.seed), key=f"{prefix}_seed"),
             "steps": st.slider("Steps", 1, 50, int(cfg.steps), key=f"{prefix}_steps"),
-            "guidance_scale": st.slider("Guidance", 1.0, 15.0, float(cfg.guidance_scale), key=f"{prefix}_guidance"),
-            "controlnet_scale": st.slider("ControlNet scale", 0.0, 2.0, float(cfg.controlnet_scale),
-                                          key=f"{prefix}_cn"),
+            "guidance_scale": st.slider("Guidance", 1.0, 15.0, guidance, key=f"{prefix}_guidance"),
+            "controlnet_scale": st.slider("ControlNet scale", 0.0, 4.0, scale, key=f"{prefix}_cn"),
         }
 
 

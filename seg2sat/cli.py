@@ -19,8 +19,10 @@ from seg2sat.config import conf_dir
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "sample-data": ("sample_data", "seg2sat.stages.sample_data", "write the synthetic FLAIR-layout sample dataset"),
     "prepare": ("prepare", "seg2sat.stages.prepare", "FLAIR tiles -> colour hints, images, captions, manifest"),
+    "pretrain": ("pretrain", "seg2sat.stages.pretrain", "pretrain the tiny Stable Diffusion base (the offline stand-in for SD)"),
     "train": ("train", "seg2sat.stages.train", "fine-tune a ControlNet (use `accelerate launch train.py` for multi-GPU)"),
     "export": ("export", "seg2sat.stages.export", "checkpoint -> model folder for inference and the app"),
+    "evaluate": ("evaluate", "seg2sat.stages.evaluate", "score how well a model follows its maps (fidelity.json, grid)"),
     "infer": ("infer", "seg2sat.stages.infer", "land-cover GeoTIFF/PNG/vector -> georeferenced aerial GeoTIFF"),
     "app": ("app", "seg2sat.stages.app", "start the Streamlit app (draw, edit, batch)"),
     "course": ("course", "seg2sat.stages.course", "companion lessons: tokens, sampling, llm, embeddings, words, gpt, diffusion"),

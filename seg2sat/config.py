@@ -11,7 +11,7 @@ from seg2sat.errors import Seg2SatError
 
 # conf/ sits at the repository root (the install is editable: `pip install -e .`).
 CONF_DIR: Path = Path(__file__).resolve().parent.parent / "conf"
-STAGES: tuple[str, ...] = ("prepare", "train", "export", "infer", "app", "demo", "sample_data", "course")
+STAGES: tuple[str, ...] = ("prepare", "train", "export", "infer", "app", "demo", "sample_data", "course", "evaluate", "pretrain")
 
 
 def conf_dir() -> Path:

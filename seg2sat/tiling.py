@@ -28,6 +28,8 @@ import torch
 
 from seg2sat.hints import codes_to_hint
 
+# Sizes (grids, tiles, overlaps) are multiples of this: Stable Diffusion's VAE factor, which is
+# also a multiple of the tiny base's factor 4. The latent grid uses the pipeline's own factor.
 VAE_FACTOR = 8
 
 
@@ -166,7 +168,8 @@ def generate_tiled(
     if height < tile or width < tile:
         raise ValueError(f"grid {width}x{height} is smaller than the tile {tile}; pad it first")
     wins = windows_for(height, width, tile, overlap)
-    lt, lo = tile // VAE_FACTOR, overlap // VAE_FACTOR
+    f = int(pipe.vae_scale_factor)  # pixels per latent cell
+    lt, lo = tile // f, overlap // f
     device, dtype = pipe.unet.device, pipe.unet.dtype
     w_lat = torch.from_numpy(ramp(lt, lo)).to(device, torch.float32)[None, None]
     w_pix = ramp(tile, overlap)[..., None]
@@ -178,7 +181,7 @@ def generate_tiled(
     # 3. Initial noise for the whole latent, per block.
     sched = pipe.scheduler
     sched.set_timesteps(steps, device=device)
-    latents = initial_noise(seed, height // VAE_FACTOR, width // VAE_FACTOR, lt).to(device, torch.float32)
+    latents = initial_noise(seed, height // f, width // f, lt, int(pipe.unet.config.in_channels)).to(device, torch.float32)
     latents = latents * sched.init_noise_sigma
 
     total, done, calls = (steps + 1) * len(wins), 0, 0
@@ -194,7 +197,7 @@ def generate_tiled(
         acc = torch.zeros_like(latents)
         wsum = torch.zeros_like(latents[:, :1])
         for batch in _batches(wins, batch_size):
-            crop = torch.cat([latents[:, :, w.row // 8:w.row // 8 + lt, w.col // 8:w.col // 8 + lt] for w in batch])
+            crop = torch.cat([latents[:, :, w.row // f:w.row // f + lt, w.col // f:w.col // f + lt] for w in batch])
             inp = sched.scale_model_input(crop, t).to(dtype)
             hint = hint_batch(batch)
             text = pos.repeat(len(batch), 1, 1)
@@ -210,7 +213,7 @@ def generate_tiled(
                 eps = uncond + guidance_scale * (cond - uncond)
             calls += 1
             for i, w in enumerate(batch):
-                r, c = w.row // 8, w.col // 8
+                r, c = w.row // f, w.col // f
                 acc[:, :, r:r + lt, c:c + lt] += eps[i:i + 1] * w_lat
                 wsum[:, :, r:r + lt, c:c + lt] += w_lat
             done += len(batch)
@@ -232,7 +235,7 @@ def generate_tiled(
             strip_w = np.concatenate([strip_w, np.zeros((extra, width, 1), np.float32)])
         row_wins = [w for w in wins if w.row == row]
         for batch in _batches(row_wins, decode_batch_size):
-            lat = torch.cat([latents[:, :, w.row // 8:w.row // 8 + lt, w.col // 8:w.col // 8 + lt] for w in batch])
+            lat = torch.cat([latents[:, :, w.row // f:w.row // f + lt, w.col // f:w.col // f + lt] for w in batch])
             pix = vae.decode((lat / scale).to(vae.dtype), return_dict=False)[0].float()
             pix = ((pix.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
             for i, w in enumerate(batch):

@@ -171,6 +171,27 @@ def _weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
 
+# The ControlNet's zero-initialised layers: the hint encoder's last conv and the convs that add
+# its residuals into the UNet. `zero_conv_lr_scale` gives them their own learning rate.
+ZERO_CONV_PREFIXES = ("controlnet_down_blocks.", "controlnet_mid_block.", "controlnet_cond_embedding.conv_out.")
+
+
+def param_groups(controlnet: torch.nn.Module, lr: float, zero_conv_lr_scale: float) -> list[dict[str, Any]]:
+    """Two groups: the zero-initialised convs at `lr * zero_conv_lr_scale`, the rest at `lr`.
+
+    With Adam a zero-initialised weight moves about `lr` per step whatever its gradient, so
+    the residuals a ControlNet adds grow only as fast as its zero convs do; scaling their
+    rate alone speeds that growth without moving the copied encoder faster.
+    """
+    zero, rest = [], []
+    for name, p in controlnet.named_parameters():
+        (zero if name.startswith(ZERO_CONV_PREFIXES) else rest).append(p)
+    groups = [{"params": rest, "lr": lr}]
+    if zero:
+        groups.append({"params": zero, "lr": lr * zero_conv_lr_scale})
+    return groups
+
+
 def _optimizer(cfg: DictConfig, params: Any) -> torch.optim.Optimizer:
     kwargs = {"lr": float(cfg.learning_rate), "betas": (float(cfg.adam_beta1), float(cfg.adam_beta2)),
               "weight_decay": float(cfg.adam_weight_decay), "eps": float(cfg.adam_epsilon)}
@@ -203,8 +224,23 @@ def _step_generator(seed: int, step: int, rank: int, device: torch.device) -> to
 # ---------------------------------------------------------------------------------------------
 
 
+def sample_timesteps(n: int, num_train_timesteps: int, how: str, gen: torch.Generator,
+                     device: torch.device) -> torch.Tensor:
+    """Training timesteps: `uniform`, or `cubic` (T2I-Adapter's t = T(1 - u^3)).
+
+    Cubic sampling spends more steps at high noise, where the layout of the image is decided
+    and where a ControlNet has the most to say (docs/fidelity.md measures the difference).
+    """
+    if how == "uniform":
+        return torch.randint(0, num_train_timesteps, (n,), generator=gen, device=device).long()
+    if how == "cubic":
+        u = torch.rand(n, generator=gen, device=device)
+        return ((1 - u**3) * num_train_timesteps).long().clamp_(0, num_train_timesteps - 1)
+    raise Seg2SatError(f"timestep_sampling={how!r}: choose uniform or cubic")
+
+
 def compute_loss(batch: dict[str, Any], comps: Components, controlnet: Any, gen: torch.Generator,
-                 weight_dtype: torch.dtype) -> torch.Tensor:
+                 weight_dtype: torch.dtype, timestep_sampling: str = "uniform") -> torch.Tensor:
     """The ControlNet diffusion loss of one batch (epsilon or v-prediction)."""
     device = comps.unet.device
     # 1. Latents: from the cache (posterior mean/std) or by encoding pixels.
@@ -226,8 +262,8 @@ def compute_loss(batch: dict[str, Any], comps: Components, controlnet: Any, gen:
     # 3. Forward diffusion.
     bsz = latents.shape[0]
     noise = torch.randn(latents.shape, generator=gen, device=device)
-    timesteps = torch.randint(0, comps.noise_scheduler.config.num_train_timesteps, (bsz,), generator=gen,
-                              device=device).long()
+    timesteps = sample_timesteps(bsz, comps.noise_scheduler.config.num_train_timesteps, timestep_sampling,
+                                 gen, device)
     noisy = comps.noise_scheduler.add_noise(latents, noise, timesteps)
     # 4. ControlNet residuals into the frozen UNet.
     cond = batch["conditioning"].to(device, torch.float32)
@@ -331,7 +367,7 @@ def train(cfg: DictConfig) -> TrainResult:
         saved["resolved_base"] = comps.base
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(saved)))
     accelerator.wait_for_everyone()
-    controlnet = build_controlnet(cfg.model, comps.unet).float().train()
+    controlnet = build_controlnet(cfg.model, comps.unet, comps.vae).float().train()
     if cfg.gradient_checkpointing:
         controlnet.enable_gradient_checkpointing()
     from diffusers.models.attention_processor import AttnProcessor2_0
@@ -355,7 +391,7 @@ def train(cfg: DictConfig) -> TrainResult:
                          cache=cache)
 
     # 4. Optimizer and lr schedule (in optimizer steps, times processes as accelerate counts).
-    optimizer = _optimizer(cfg, controlnet.parameters())
+    optimizer = _optimizer(cfg, param_groups(controlnet, float(cfg.learning_rate), float(cfg.zero_conv_lr_scale)))
     lr_scheduler = get_scheduler(str(cfg.lr_scheduler), optimizer,
                                  num_warmup_steps=int(cfg.lr_warmup_steps) * accelerator.num_processes,
                                  num_training_steps=int(cfg.max_steps) * accelerator.num_processes)
@@ -386,7 +422,7 @@ def train(cfg: DictConfig) -> TrainResult:
                                   accelerator.process_index, accelerator.device)
             micro += 1
             with accelerator.accumulate(controlnet):
-                loss = compute_loss(batch, comps, controlnet, gen, weight_dtype)
+                loss = compute_loss(batch, comps, controlnet, gen, weight_dtype, str(cfg.timestep_sampling))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(controlnet.parameters(), float(cfg.max_grad_norm))

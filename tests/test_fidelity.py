@@ -1,55 +1,77 @@
 import numpy as np
 import pytest
 
-from seg2sat.fidelity import fit_colour_model, iou_per_class, mask_fidelity
+from seg2sat.errors import DatasetError
+from seg2sat.fidelity import (
+    JudgeConfig,
+    iou_per_class,
+    load_or_train_judge,
+    mask_fidelity,
+    segmentation_scores,
+    split_arrays,
+    train_judge,
+    vae_round_trip,
+)
 from seg2sat.labels import PALETTE
 
-# A "rendering" of each class that is NOT its hint colour, as the sample data does.
-LOOK = {5: (30, 60, 120), 7: (40, 110, 50), 3: (128, 128, 128)}
+# Small enough to train in seconds on 2 cores, large enough to learn the sample classes.
+FAST = JudgeConfig(widths=(16, 32, 32), steps=150, batch_size=8, learning_rate=4e-3)
 
 
-def _render(codes, rng, noise=12):
-    img = np.zeros(codes.shape + (3,), np.float32)
-    for code, rgb in LOOK.items():
-        img[codes == code] = rgb
-    return np.clip(img + rng.normal(0, noise, img.shape), 0, 255).astype(np.uint8)
+@pytest.fixture(scope="module")
+def judged(prepared_tiny):
+    judge, trained_now = load_or_train_judge(prepared_tiny, FAST)
+    return judge, trained_now, split_arrays(prepared_tiny, "val")
 
 
-def _maps(rng, n=4, size=32):
-    out = []
-    for _ in range(n):
-        codes = np.full((size, size), 7, np.uint8)
-        r, c = rng.integers(4, size - 12, 2)
-        codes[r : r + 10, :] = 3
-        codes[:, c : c + 8] = 5
-        out.append(codes)
-    return out
+def test_judge_scores_real_images_far_above_shuffled_maps(judged):
+    judge, trained_now, (_, images, codes) = judged
+    assert trained_now
+    real = mask_fidelity(judge, images, codes)
+    assert real["miou"] > 0.45 and real["pixel_accuracy"] > 0.7
+    # The same images scored against another tile's map: a layout that does not match.
+    shuffled = mask_fidelity(judge, images, np.roll(codes, 1, axis=0))
+    assert shuffled["miou"] < 0.4 * real["miou"]
+    assert set(real["per_class_iou"]) >= {"water", "impervious surface"}
 
 
-def test_colour_model_recovers_rendered_classes():
-    rng = np.random.default_rng(0)
-    train = _maps(rng)
-    model = fit_colour_model((_render(m, rng), m) for m in train)
-    assert sorted(model.codes.tolist()) == [3, 5, 7]
-    test = _maps(rng, n=3)
-    faithful = mask_fidelity(model, [_render(m, rng) for m in test], test)
-    assert faithful["miou"] > 0.85 and faithful["pixel_accuracy"] > 0.9
-    assert set(faithful["per_class_iou"]) == {"impervious surface", "water", "deciduous"}
-    # An image that ignores its map (a constant forest) scores far lower.
-    ignoring = [_render(np.full_like(m, 7), rng) for m in test]
-    unfaithful = mask_fidelity(model, ignoring, test)
-    assert unfaithful["miou"] < 0.5 * faithful["miou"]
+def test_judge_reads_the_photo_not_the_hint_colours(judged):
+    judge, _, (_, images, codes) = judged
+    # Pasting the legend colours as the "generated image" is not what the judge learned.
+    pasted = mask_fidelity(judge, PALETTE[codes], codes)
+    assert pasted["miou"] < 0.5 * mask_fidelity(judge, images, codes)["miou"]
 
 
-def test_hint_colours_themselves_are_not_what_is_learned():
-    rng = np.random.default_rng(1)
-    train = _maps(rng)
-    model = fit_colour_model((_render(m, rng), m) for m in train)
-    # Pasting the hint as the "generated image" must not score perfectly: the model learned
-    # the rendered look of each class, not the legend colours.
-    test = _maps(rng, n=2)
-    score = mask_fidelity(model, [PALETTE[m] for m in test], test)
-    assert score["miou"] < 0.9
+def test_judge_is_cached_per_dataset(judged, prepared_tiny):
+    judge, _, (_, images, _) = judged
+    again, trained_now = load_or_train_judge(prepared_tiny, FAST)
+    assert not trained_now
+    np.testing.assert_array_equal(again.classify(images[:3]), judge.classify(images[:3]))
+    assert again.classify(images[0]).shape == images.shape[1:3] and again.classify(images[0]).dtype == np.uint8
+    # Another judge config is another cache entry (the fixture's dataset is shared with other tests).
+    before = set((prepared_tiny / "cache").glob("judge-*"))
+    _, other_now = load_or_train_judge(prepared_tiny, JudgeConfig(widths=(8, 16, 16), steps=2, batch_size=2))
+    assert other_now
+    assert len(set((prepared_tiny / "cache").glob("judge-*")) - before) == 1
+
+
+def test_classify_pads_sides_that_are_not_multiples_of_four(judged):
+    judge, _, (_, images, _) = judged
+    assert judge.classify(images[0, :62, :61]).shape == (62, 61)
+
+
+def test_segmentation_scores_by_hand():
+    target = np.array([[[1, 1], [5, 5]]], np.uint8)
+    pred = np.array([[[1, 5], [5, 5]]], np.uint8)
+    scores = segmentation_scores(pred, target)
+    # building: inter 1, union 2; water: inter 2, union 3
+    assert scores["per_class_iou"] == {"building": pytest.approx(0.5), "water": pytest.approx(2 / 3)}
+    assert scores["miou"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert scores["pixel_accuracy"] == pytest.approx(0.75)
+    # A class predicted but absent from the targets is in no mean, but costs the others IoU.
+    scores = segmentation_scores(np.array([[[3, 1], [5, 5]]], np.uint8), target)
+    assert set(scores["per_class_iou"]) == {"building", "water"}
+    assert scores["per_class_iou"]["building"] == pytest.approx(0.5)
 
 
 def test_iou_per_class_values():
@@ -58,6 +80,20 @@ def test_iou_per_class_values():
     assert iou_per_class(pred, target) == {1: pytest.approx(0.5), 5: pytest.approx(2 / 3)}
 
 
-def test_empty_inputs_raise():
-    with pytest.raises(ValueError, match="no class has enough pixels"):
-        fit_colour_model([])
+def test_train_judge_refuses_no_images():
+    with pytest.raises(DatasetError, match="no training images"):
+        train_judge(np.zeros((0, 8, 8, 3), np.uint8), np.zeros((0, 8, 8), np.uint8), FAST)
+
+
+def test_split_arrays_names_the_missing_split(prepared_tiny):
+    with pytest.raises(DatasetError, match="no 'test' tiles"):
+        split_arrays(prepared_tiny, "test")
+
+
+def test_vae_round_trip_keeps_shape_and_dtype():
+    from seg2sat.models import build_tiny_components
+
+    vae = build_tiny_components(0)["vae"].eval()
+    images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    out = vae_round_trip(vae, images, batch_size=2)
+    assert out.shape == images.shape and out.dtype == np.uint8

@@ -1,5 +1,7 @@
 """Model loading (tiny preset, folders, safetensors only, offline errors) and one-tile generation."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ import torch
 from seg2sat.errors import LegendError, ModelError
 from seg2sat.hints import codes_to_hint
 from seg2sat.models import (
+    MODEL_INFO,
     build_controlnet,
     build_tiny_components,
     load_components,
@@ -62,7 +65,7 @@ def test_generate_refuses_off_legend_hint_and_odd_size(hint):
 def test_controlnet_folder_round_trip(tiny_base, tmp_path, hint):
     comps = load_components({"name": "tiny", "pretrained_dir": str(tiny_base)})
     assert comps.base == str(tiny_base)
-    controlnet = build_controlnet({"controlnet_init": "from_unet"}, comps.unet)
+    controlnet = build_controlnet({"controlnet_init": "from_unet"}, comps.unet, comps.vae)
     with torch.no_grad():
         for p in controlnet.controlnet_cond_embedding.parameters():
             p.add_(0.05)
@@ -72,14 +75,14 @@ def test_controlnet_folder_round_trip(tiny_base, tmp_path, hint):
     for (name, a), b in zip(controlnet.state_dict().items(), pipe.controlnet.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
     # continuing training from that folder
-    again = build_controlnet({"controlnet_init": str(tmp_path / "cn")}, comps.unet)
+    again = build_controlnet({"controlnet_init": str(tmp_path / "cn")}, comps.unet, comps.vae)
     torch.testing.assert_close(next(again.parameters()), next(controlnet.parameters()))
     assert generate(pipe, hint, "x", steps=1).shape == (64, 64, 3)
 
 
 def test_pickle_weights_are_refused(tiny_base, tmp_path):
     comps = load_components({"name": "tiny", "pretrained_dir": str(tiny_base)})
-    build_controlnet({}, comps.unet).save_pretrained(tmp_path / "cn", safe_serialization=False)
+    build_controlnet({}, comps.unet, comps.vae).save_pretrained(tmp_path / "cn", safe_serialization=False)
     assert list((tmp_path / "cn").glob("*.bin"))
     with pytest.raises(ModelError, match="only pickle weights"):
         load_pipeline(tmp_path / "cn", base=tiny_base)
@@ -93,3 +96,34 @@ def test_missing_weights_offline_say_what_to_do(tmp_path, monkeypatch):
         load_pipeline(tmp_path / "nowhere", base=tmp_path / "nobase")
     with pytest.raises(ModelError, match="needs its Stable Diffusion base"):
         load_pipeline("rgres/Seg2Sat-sd-controlnet")
+
+
+def test_sampling_defaults_come_from_the_model_folder(tmp_path):
+    from seg2sat.models import DEFAULT_SAMPLING, sampling_defaults
+
+    assert sampling_defaults(tmp_path / "nowhere") == DEFAULT_SAMPLING
+    assert sampling_defaults("rgres/Seg2Sat-sd-controlnet") == DEFAULT_SAMPLING
+    (tmp_path / MODEL_INFO).write_text(json.dumps({"base_model": "base", "sampling": {"guidance_scale": 1.0}}))
+    assert sampling_defaults(tmp_path) == {"guidance_scale": 1.0, "controlnet_scale": 1.0}
+
+
+def test_controlnet_hint_encoder_matches_the_vae_factor():
+    from diffusers import AutoencoderKL
+
+    from seg2sat.models import controlnet_from_unet, vae_factor
+
+    parts = build_tiny_components(0)
+    assert vae_factor(parts["vae"]) == 4
+    cn = controlnet_from_unet(parts["unet"], parts["vae"])
+    assert tuple(cn.config.conditioning_embedding_out_channels) == (16, 32, 96)
+    # a 64 px hint lands on the 16 x 16 latent grid
+    with torch.no_grad():
+        down, mid = cn(torch.zeros(1, 4, 16, 16), torch.tensor([10]), encoder_hidden_states=torch.zeros(1, 77, 32),
+                       controlnet_cond=torch.zeros(1, 3, 64, 64), return_dict=False)
+    assert down[0].shape[-2:] == (16, 16) and mid.shape[-2:] == (8, 8)
+    # Stable Diffusion's 4-block VAE: factor 8, diffusers' default hint encoder
+    sd_like = AutoencoderKL(block_out_channels=(8, 8, 8, 8), norm_num_groups=4,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    assert vae_factor(sd_like) == 8
+    assert tuple(controlnet_from_unet(parts["unet"], sd_like).config.conditioning_embedding_out_channels) == \
+        (16, 32, 96, 256)

@@ -41,6 +41,7 @@ from seg2sat.landcover import (
     read_landcover,
     to_resolution,
 )
+from seg2sat.models import resolve_device_dtype, sampling_defaults
 from seg2sat.prompts import caption_for
 from seg2sat.raster import open_geotiff_writer, read_raster
 from seg2sat.tiling import VAE_FACTOR, generate_tiled, pad_to_tile, regional_edit
@@ -113,18 +114,6 @@ def process_state() -> Any:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def _device_dtype(cfg: DictConfig) -> tuple[torch.device, torch.dtype]:
-    name = str(cfg.device)
-    if name == "auto":
-        device = process_state().device
-    else:
-        device = torch.device(name)
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(str(cfg.dtype))
-    if dtype is None:
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-    return device, dtype
-
-
 def load_model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> tuple[Any, int]:
     """The pipeline and its tile size (the model's training resolution)."""
     from seg2sat.models import DISTILLED_SCHEDULERS, MODEL_INFO, load_pipeline, read_model_info
@@ -141,7 +130,7 @@ def load_model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> tup
     if (Path(str(cfg.model_path)) / MODEL_INFO).exists():
         size = int(read_model_info(cfg.model_path).get("resolution", 512))
     else:
-        size = int(pipe.unet.config.sample_size) * VAE_FACTOR
+        size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     return pipe, size
 
 
@@ -162,8 +151,11 @@ def _sampling(cfg: DictConfig, tile: int) -> dict[str, Any]:
     """Generation settings; overlap defaults to a quarter tile, rounded down to the VAE factor."""
     overlap = int(cfg.overlap) if cfg.overlap is not None else tile // 4
     overlap -= overlap % VAE_FACTOR
+    defaults = sampling_defaults(cfg.model_path)
+    guidance = defaults["guidance_scale"] if cfg.guidance_scale is None else float(cfg.guidance_scale)
+    scale = defaults["controlnet_scale"] if cfg.controlnet_scale is None else float(cfg.controlnet_scale)
     return {"negative_prompt": str(cfg.negative_prompt or ""), "steps": int(cfg.steps),
-            "guidance_scale": float(cfg.guidance_scale), "controlnet_scale": float(cfg.controlnet_scale),
+            "guidance_scale": guidance, "controlnet_scale": scale,
             "seed": int(cfg.seed), "tile": tile, "overlap": overlap, "batch_size": int(cfg.batch_size),
             "decode_batch_size": int(cfg.decode_batch_size)}
 
@@ -349,7 +341,7 @@ def run(cfg: DictConfig) -> InferResult:
         return result
     # 2. Model, once.
     t0 = time.perf_counter()
-    device, dtype = _device_dtype(cfg)
+    device, dtype = resolve_device_dtype(str(cfg.device), str(cfg.dtype))
     legend = load_legend(cfg.get("legend"), cfg.get("legend_file"))
     pipe, model_tile = load_model(cfg, device, dtype)
     tile = int(cfg.tile or model_tile)

@@ -39,7 +39,10 @@ def app_url(tmp_path):
     """The real app (`streamlit run`) on the tiny random model; its URL."""
     # SEG2SAT_E2E_MODEL=data/models/demo makes the screenshots with the trained demo model.
     model = os.environ.get("SEG2SAT_E2E_MODEL", "tiny-random")
-    cfg = compose("app", [f"paths.root_dir={tmp_path}", f"model_path={model}", "steps=10", "guidance_scale=3"])
+    # The trained model samples with its own recommended settings (its seg2sat.json).
+    quick = ["steps=10", "guidance_scale=3"] if model == "tiny-random" else []
+    cfg = compose("app", [f"paths.root_dir={tmp_path}", f"model_path={Path(model).resolve() if model != 'tiny-random' else model}",
+                          *quick])
     conf = tmp_path / "app.yaml"
     conf.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     port = _port()

@@ -54,18 +54,24 @@ def test_export_refuses_to_overwrite_and_needs_a_checkpoint(trained_run, stage_c
 def test_demo_end_to_end_reduced(tmp_path):
     cfg = compose("demo", [
         f"paths.root_dir={tmp_path}", 'sample_data=["tiles_per_domain=4"]',
-        "pretrain.vae_steps=10", "pretrain.unet_steps=10", "pretrain.batch_size=4",
         'train=["run_name=demo","max_steps=4","checkpointing_steps=2","validation_steps=2",'
         '"num_validation_images=2","validation_inference_steps=2","batch_size=4"]',
-        "fidelity.num_images=2", "fidelity.steps=2", "sample.steps=2"])
+        'evaluate=["num_images=2","judge.widths=[8,16,16]","judge.steps=10","judge.batch_size=4"]',
+        "sampling.steps=2"])
     result = demo.run(cfg)
     assert result.sample_image.exists() and result.sample_image.suffix == ".png"
     assert (result.model_dir / MODEL_INFO).exists() and (result.model_dir / "validation_grid.png").exists()
-    for key in ("trained", "untrained", "real_images"):
+    for key in ("generated", "untrained", "real_images", "vae_round_trip"):
         assert 0.0 <= result.fidelity[key]["miou"] <= 1.0
+    assert result.fidelity["num_images"] == 2
     info = json.loads((result.model_dir / MODEL_INFO).read_text())
-    assert info["fidelity"]["trained"]["miou"] == result.fidelity["trained"]["miou"]
+    assert info["fidelity"]["generated"]["miou"] == result.fidelity["generated"]["miou"]
     assert info["steps"] == 4
+    # the demo's sampling is the model's recommendation (infer and the app default to it)
+    assert info["sampling"] == {"steps": 2, "guidance_scale": 1.0, "controlnet_scale": 3.0, "negative_prompt": ""}
+    demo_json = json.loads((tmp_path / "data" / "outputs" / "demo" / "demo.json").read_text())
+    assert demo_json["fidelity"]["fidelity_ratio"] == pytest.approx(result.fidelity["fidelity_ratio"])
+    assert demo_json["base"].endswith("assets/tiny-base")
     # a second run resumes: everything exists, training does no new step
     again = demo.run(cfg)
     assert again.seconds["train"] < result.seconds["train"] + 5

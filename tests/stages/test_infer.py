@@ -12,7 +12,7 @@ from shapely.geometry import Polygon, box
 
 from seg2sat.errors import GeoreferenceError, LegendError, RasterError, Seg2SatError, VectorError
 from seg2sat.hints import codes_to_hint, hint_to_codes
-from seg2sat.models import load_pipeline
+from seg2sat.models import EMBEDDED_TINY_BASE, load_pipeline_from_base
 from seg2sat.raster import FLAIR_CRS, write_geotiff
 from seg2sat.stages import infer
 from seg2sat.tiling import generate_tiled, initial_noise, seam_ratio, windows_for
@@ -106,7 +106,9 @@ def test_vector_layer_with_labels(infer_cfg, geo_samples, tmp_path):
 
 
 def test_seamless_tiling_beats_naive_tiles():
-    pipe = load_pipeline("tiny-random")
+    # A trained base draws structure, so independent windows show their borders (random
+    # weights draw noise, in which no seam can be seen).
+    pipe = load_pipeline_from_base(EMBEDDED_TINY_BASE)
     from seg2sat.data.synthetic import scene_codes
 
     codes = scene_codes(192, np.random.default_rng(0))  # 3x the 64 px tile each way
@@ -121,7 +123,7 @@ def test_seamless_tiling_beats_naive_tiles():
                        overlap=overlap, seed=0, guidance_scale=3.0)
         ratios[overlap] = seam_ratio(out, 64)
     assert ratios[32] < 1.1, ratios  # close to the inside-window value (1.0)
-    assert ratios[0] > ratios[32] + 0.08, ratios
+    assert ratios[0] > 2 * ratios[32], ratios  # measured: 4.9 naive vs 0.91 fused
 
 
 def test_windows_cover_and_noise_is_positional():

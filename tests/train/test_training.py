@@ -65,7 +65,7 @@ def test_cache_is_built_once_and_reused(train_cfg, prepared_tiny):
     tensors = load_file(str(caches[0]))
     n_train = sum(1 for line in (prepared_tiny / "manifest.jsonl").read_text().splitlines()
                   if json.loads(line)["split"] == "train")
-    assert tensors["latent_mean"].shape == (n_train, 4, 8, 8)
+    assert tensors["latent_mean"].shape == (n_train, 4, 16, 16)  # 64 px tiles, latent factor 4
     assert tensors["text_embeds"].shape == (n_train, 77, 32)
 
 
@@ -94,18 +94,20 @@ def test_validation_writes_images_and_grid(train_cfg):
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_loss_target_follows_the_base_scheduler(prediction_type):
-    from diffusers import ControlNetModel, DDPMScheduler
+    from diffusers import DDPMScheduler
+
+    from seg2sat.models import controlnet_from_unet
 
     parts = build_tiny_components(0)
     sched = DDPMScheduler.from_config(parts.pop("scheduler").config, prediction_type=prediction_type)
     comps = Components(noise_scheduler=sched, base="tiny", **parts)
-    controlnet = ControlNetModel.from_unet(comps.unet)
-    batch = {"latent_mean": torch.randn(2, 4, 8, 8), "latent_std": torch.full((2, 4, 8, 8), 0.1),
+    controlnet = controlnet_from_unet(comps.unet, comps.vae)
+    batch = {"latent_mean": torch.randn(2, 4, 16, 16), "latent_std": torch.full((2, 4, 16, 16), 0.1),
              "text_embeds": torch.randn(2, 77, 32), "conditioning": torch.rand(2, 3, 64, 64)}
     loss = compute_loss(batch, comps, controlnet, torch.Generator().manual_seed(0), torch.float32)
     # recompute by hand with the same draws
     gen = torch.Generator().manual_seed(0)
-    latents = (batch["latent_mean"] + batch["latent_std"] * torch.randn((2, 4, 8, 8), generator=gen))
+    latents = (batch["latent_mean"] + batch["latent_std"] * torch.randn((2, 4, 16, 16), generator=gen))
     latents = latents * comps.vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=gen)
     t = torch.randint(0, 1000, (2,), generator=gen)
@@ -135,3 +137,32 @@ def test_wandb_offline_tracker_logs_a_run(train_cfg, monkeypatch):
     runs = list(result.run_dir.rglob("offline-run-*"))
     assert runs, sorted(str(p) for p in result.run_dir.rglob("*"))[:20]
     assert list(runs[0].glob("*.wandb"))
+
+
+def test_cubic_timesteps_favour_high_noise():
+    from seg2sat.training import sample_timesteps
+
+    gen = torch.Generator().manual_seed(0)
+    uniform = sample_timesteps(20000, 1000, "uniform", gen, torch.device("cpu"))
+    cubic = sample_timesteps(20000, 1000, "cubic", gen, torch.device("cpu"))
+    assert int(uniform.min()) >= 0 and int(cubic.max()) <= 999 and cubic.dtype == torch.long
+    # P(t >= 500) = 1/2 for uniform; for cubic P(1 - u^3 >= 1/2) = P(u <= 0.5^(1/3)) = 0.79
+    assert (uniform >= 500).float().mean().item() == pytest.approx(0.5, abs=0.02)
+    assert (cubic >= 500).float().mean().item() == pytest.approx(0.5 ** (1 / 3), abs=0.02)
+    with pytest.raises(Seg2SatError, match="timestep_sampling='log'"):
+        sample_timesteps(2, 1000, "log", gen, torch.device("cpu"))
+
+
+def test_zero_convs_get_their_own_learning_rate():
+    from seg2sat.models import controlnet_from_unet
+    from seg2sat.training import param_groups
+
+    parts = build_tiny_components(0)
+    cn = controlnet_from_unet(parts["unet"], parts["vae"])
+    rest, zero = param_groups(cn, 1e-3, 5.0)
+    assert rest["lr"] == 1e-3 and zero["lr"] == pytest.approx(5e-3)
+    # the zero-initialised ones are exactly those that are all zeros at init
+    zero_ids = {id(p) for p in zero["params"]}
+    assert all(torch.count_nonzero(p) == 0 for p in zero["params"])
+    assert all(id(p) in zero_ids for p in cn.parameters() if p.dim() > 1 and torch.count_nonzero(p) == 0)
+    assert len(rest["params"]) + len(zero["params"]) == len(list(cn.parameters()))
