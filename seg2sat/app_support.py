@@ -2,18 +2,24 @@
 
 - the app's config (`conf/app.yaml`, or the file `seg2sat app` hands over);
 - safe upload decoding: bounded bytes and pixels checked from the header before decoding,
-  only whitelisted suffixes, written to a private temp file, friendly `UploadError`s;
+  only whitelisted suffixes, read through a private temp file deleted at once, friendly
+  `UploadError`s;
 - canvas strokes composited over a base map and snapped to the legend;
-- generation with progress, GeoTIFF bytes when the map was georeferenced, regional edits.
+- generation with progress, GeoTIFF bytes when the map was georeferenced, regional edits,
+  batch runs in a temp folder removed before they return; safe to call from several sessions
+  at once on one shared pipeline (see `seg2sat.device_queue`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,7 @@ from seg2sat.labels import CLASSES, OTHER_CODE, class_shares
 from seg2sat.prompts import STYLES, caption_for
 
 CONFIG_ENV = "SEG2SAT_APP_CONFIG"
+_DEMO_LOCK = threading.Lock()  # one demo build per server (the lock file covers other servers)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 RASTER_SUFFIXES = (".tif", ".tiff")
 
@@ -72,7 +79,8 @@ class Upload:
     valid: np.ndarray | None = None
     crs: Any = None
     transform: Affine | None = None
-    path: Path | None = None  # a private temp copy (for the stages that read files)
+    data: bytes | None = None  # the GeoTIFF's bytes, for the stages that read files (Batch)
+    suffix: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -89,12 +97,17 @@ def _suffix(name: str, allowed: tuple[str, ...]) -> str:
     return suffix
 
 
-def _private_copy(data: bytes, suffix: str) -> Path:
-    """The bytes in a fresh temp file named by us (the user's file name is never used as a path)."""
-    fd, name = tempfile.mkstemp(prefix="seg2sat-upload-", suffix=suffix)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return Path(name)
+@contextlib.contextmanager
+def _private_copy(data: bytes, suffix: str) -> Iterator[Path]:
+    """The bytes in a temp file named by us (never the user's file name), deleted on exit.
+
+    Streamlit reruns a page on every interaction: a copy per rerun that outlived it would fill
+    the disk of a shared server.
+    """
+    with tempfile.TemporaryDirectory(prefix="seg2sat-upload-") as tmp:
+        path = Path(tmp) / f"upload{suffix}"
+        path.write_bytes(data)
+        yield path
 
 
 def read_upload(name: str, data: bytes, *, max_bytes: int, max_pixels: int, kind: str = "map") -> Upload:
@@ -126,32 +139,36 @@ def read_upload(name: str, data: bytes, *, max_bytes: int, max_pixels: int, kind
 
 
 def _read_geotiff(label: str, data: bytes, suffix: str, max_pixels: int, kind: str) -> Upload:
-    import rasterio
-
-    from seg2sat.landcover import read_landcover_raster
-
-    path = _private_copy(data, suffix)
     try:
-        with rasterio.open(path) as src:
-            if src.width * src.height > max_pixels:
-                raise UploadError(f"{label}: {src.width}x{src.height} pixels is over the {max_pixels:,} pixel limit")
-            count, dtype = src.count, src.dtypes[0]
-        if kind == "image":
-            if count < 3 or dtype != "uint8":
-                raise UploadError(f"{label}: an aerial image needs 3 uint8 bands (got {count} of {dtype})")
-            from seg2sat.raster import read_raster
-
-            r = read_raster(path, require_crs=False)
-            return Upload(name=label, rgb=np.moveaxis(r.array[:3], 0, -1), crs=r.crs, transform=r.transform,
-                          path=path)
-        lc = read_landcover_raster(path, snap=count in (3, 4), allow_no_crs=True)
-        return Upload(name=label, codes=lc.codes, valid=lc.valid, crs=lc.crs, transform=lc.transform, path=path)
+        with _private_copy(data, suffix) as path:
+            upload = _decode_geotiff(label, path, max_pixels, kind)
     except UploadError:
         raise
     except Seg2SatError as exc:
         raise UploadError(f"{label}: {str(exc).split(': ', 1)[-1]}") from exc
     except Exception as exc:  # rasterio raises several types for broken files
         raise UploadError(f"{label}: not a readable GeoTIFF ({type(exc).__name__})") from exc
+    upload.data, upload.suffix = data, suffix
+    return upload
+
+
+def _decode_geotiff(label: str, path: Path, max_pixels: int, kind: str) -> Upload:
+    import rasterio
+
+    from seg2sat.landcover import read_landcover_raster
+    from seg2sat.raster import read_raster
+
+    with rasterio.open(path) as src:
+        if src.width * src.height > max_pixels:
+            raise UploadError(f"{label}: {src.width}x{src.height} pixels is over the {max_pixels:,} pixel limit")
+        count, dtype = src.count, src.dtypes[0]
+    if kind == "image":
+        if count < 3 or dtype != "uint8":
+            raise UploadError(f"{label}: an aerial image needs 3 uint8 bands (got {count} of {dtype})")
+        r = read_raster(path, require_crs=False)
+        return Upload(name=label, rgb=np.moveaxis(r.array[:3], 0, -1), crs=r.crs, transform=r.transform)
+    lc = read_landcover_raster(path, snap=count in (3, 4), allow_no_crs=True)
+    return Upload(name=label, codes=lc.codes, valid=lc.valid, crs=lc.crs, transform=lc.transform)
 
 
 def upload_to_codes(upload: Upload, size: int | None = None) -> np.ndarray:
@@ -232,12 +249,24 @@ def demo_model_missing(cfg: DictConfig) -> bool:
 
 
 def build_demo_model(cfg: DictConfig) -> Path:
-    """Run `seg2sat demo` with the app's paths (a few minutes on CPU)."""
+    """Run `seg2sat demo` with the app's paths (a few minutes on CPU), once.
+
+    Sessions (threads) and other app servers that press the button meanwhile wait on a lock
+    file in the models folder, then find the model built and return at once.
+    """
+    import fcntl
+
     from seg2sat.config import compose
     from seg2sat.stages import demo
 
     paths = OmegaConf.to_container(cfg.paths, resolve=True)
-    return demo.run(compose("demo", [f"paths.{k}={v}" for k, v in paths.items()])).model_dir
+    lock = Path(str(paths["models_dir"])) / ".demo-build.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with _DEMO_LOCK, lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        if not demo_model_missing(cfg):
+            return Path(str(cfg.model_path))
+        return demo.run(compose("demo", [f"paths.{k}={v}" for k, v in paths.items()])).model_dir
 
 
 def make_prompt(codes: np.ndarray, place: str, style: str | None, text: str | None = None) -> str:
@@ -291,18 +320,24 @@ def geotiff_bytes(image: np.ndarray, crs: Any, transform: Affine, size: tuple[in
         return path.read_bytes()
 
 
-def run_batch(cfg: DictConfig, upload: Upload, out_dir: Path, progress: Any = None) -> tuple[Path, dict[str, Any]]:
-    """Tiled inference on an uploaded GeoTIFF (the `infer` stage); returns the output and sidecar."""
+def run_batch(cfg: DictConfig, upload: Upload, pipe: Any, tile: int, progress: Any = None) -> tuple[bytes, dict[str, Any]]:
+    """Tiled inference (the `infer` stage) on an uploaded GeoTIFF with the shared model.
+
+    Returns the output GeoTIFF's bytes and its sidecar; the work folder (input copy, output)
+    is deleted before returning, so no run leaves anything on disk.
+    """
     from seg2sat.stages import infer
 
-    if upload.path is None:
+    if upload.data is None:
         raise UploadError(f"{upload.name}: batch generation takes a GeoTIFF")
-    run_cfg = OmegaConf.merge(cfg, {
-        "input": str(upload.path), "output_dir": str(out_dir), "overwrite": True, "preview": False,
-        "cog": False, "crs": None if upload.crs is not None else "EPSG:2154"})
-    result = infer.run(run_cfg)
-    tif = result.outputs[0]
-    return tif, json.loads(Path(f"{tif}.json").read_text())
+    with tempfile.TemporaryDirectory(prefix="seg2sat-batch-") as tmp:
+        src = Path(tmp) / f"input{upload.suffix}"
+        src.write_bytes(upload.data)
+        run_cfg = OmegaConf.merge(cfg, {
+            "input": str(src), "output_dir": str(Path(tmp) / "out"), "overwrite": True, "preview": False,
+            "cog": False, "crs": None if upload.crs is not None else "EPSG:2154"})
+        tif = infer.run(run_cfg, model=(pipe, tile)).outputs[0]
+        return tif.read_bytes(), json.loads(Path(f"{tif}.json").read_text())
 
 
 def model_summary(cfg: DictConfig, pipe: Any, tile: int) -> dict[str, Any]:

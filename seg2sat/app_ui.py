@@ -5,12 +5,14 @@ Only layout and caching live here; the work is in `seg2sat.app_support`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import streamlit as st
 
 from seg2sat import app_support as sup
+from seg2sat.device_queue import DeviceQueue, QueueStatus
 from seg2sat.errors import Seg2SatError
 
 
@@ -18,6 +20,37 @@ from seg2sat.errors import Seg2SatError
 def config() -> Any:
     """The app config, read once per server."""
     return sup.app_config()
+
+
+@st.cache_resource(show_spinner=False)
+def device_queue() -> DeviceQueue:
+    """The one queue in front of the device, shared by every session of this server."""
+    return DeviceQueue(int(config().app.max_concurrent))
+
+
+@contextlib.contextmanager
+def device_slot(label: str) -> Iterator[None]:
+    """Wait for a free slot on the device, showing the position in line; run the body in it.
+
+    Pressing Cancel (or any other widget) stops this script run while it waits, which takes
+    the request out of the line (`DeviceQueue.slot`).
+    """
+    info, cancel = st.empty(), st.empty()
+    shown = False
+
+    def on_wait(status: QueueStatus) -> None:
+        nonlocal shown
+        eta = f", about {status.eta_s:.0f} s" if status.eta_s is not None else ""
+        info.info(f"Waiting for the device: position {status.position} in line "
+                  f"({status.running} generation(s) running{eta}).")
+        if not shown:
+            cancel.button("Cancel", key=f"cancel_{label}")
+            shown = True
+
+    with device_queue().slot(on_wait=on_wait):
+        info.empty()
+        cancel.empty()
+        yield
 
 
 @st.cache_resource(show_spinner="Loading the model...")

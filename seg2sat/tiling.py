@@ -19,6 +19,7 @@ area at the same offsets, draws the same noise.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from seg2sat.hints import codes_to_hint
 # Sizes (grids, tiles, overlaps) are multiples of this: Stable Diffusion's VAE factor, which is
 # also a multiple of the tiny base's factor 4. The latent grid uses the pipeline's own factor.
 VAE_FACTOR = 8
+_PROMPT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,9 @@ def generate_tiled(
     """Generate an aerial image for a land-cover `codes` grid of any size >= tile.
 
     Args:
-        pipe: a StableDiffusionControlNetPipeline (its scheduler is used as is).
+        pipe: a StableDiffusionControlNetPipeline. Only its weights are used: the call builds
+            its own scheduler from `pipe.scheduler`'s class and config and keeps every buffer
+            to itself, so threads may share one pipeline (the app's sessions do).
         codes: (H, W) FLAIR codes; H and W multiples of 8 and >= tile.
         prompt: the caption.
         write_rows: called as write_rows(row0, rgb) with finished rows (uint8, (h, W, 3)),
@@ -174,12 +178,15 @@ def generate_tiled(
     w_lat = torch.from_numpy(ramp(lt, lo)).to(device, torch.float32)[None, None]
     w_pix = ramp(tile, overlap)[..., None]
 
-    # 2. Text embeddings, once.
+    # 2. Text embeddings, once. A fast tokenizer sets its padding/truncation on the shared
+    #    backend before each call (diffusers calls it with two settings), so threads take turns.
     do_cfg = guidance_scale > 1.0
-    pos, neg = pipe.encode_prompt(prompt, device, 1, do_cfg, negative_prompt or None)
+    with _PROMPT_LOCK:
+        pos, neg = pipe.encode_prompt(prompt, device, 1, do_cfg, negative_prompt or None)
 
     # 3. Initial noise for the whole latent, per block.
-    sched = pipe.scheduler
+    # A multistep scheduler keeps the history of its steps: one per call, never the shared one.
+    sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
     sched.set_timesteps(steps, device=device)
     latents = initial_noise(seed, height // f, width // f, lt, int(pipe.unet.config.in_channels)).to(device, torch.float32)
     latents = latents * sched.init_noise_sigma

@@ -57,7 +57,8 @@ if st.button("Generate", type="primary", key="generate"):
     if loaded is not None:
         pipe, tile = loaded
         prompt = sup.make_prompt(codes, prompt_opts["place"], prompt_opts["style"], prompt_opts["text"])
-        out = sup.generate(pipe, tile, codes, prompt, progress=ui.progress_bar("Generating"), **sampling)
+        with ui.device_slot("draw"):
+            out = sup.generate(pipe, tile, codes, prompt, progress=ui.progress_bar("Generating"), **sampling)
         out["hint"] = hint
         out["georef"] = (base_upload.crs, base_upload.transform, base_upload.codes.shape[::-1]) \
             if base_upload is not None and base_upload.georeferenced else None

@@ -52,8 +52,9 @@ if st.button("Regenerate the painted area", type="primary", key="regenerate"):
     elif loaded is not None:
         pipe, tile = loaded
         prompt = sup.make_prompt(codes[painted][None], prompt_opts["place"], prompt_opts["style"], prompt_opts["text"])
-        new = ui.friendly(sup.edit, pipe, tile, rgb, codes, painted, prompt, margin=int(cfg.app.edit_margin),
-                          progress=ui.progress_bar("Regenerating"), **sampling)
+        with ui.device_slot("edit"):
+            new = ui.friendly(sup.edit, pipe, tile, rgb, codes, painted, prompt, margin=int(cfg.app.edit_margin),
+                              progress=ui.progress_bar("Regenerating"), **sampling)
         if new is not None:
             st.session_state["edit_result"] = new
             st.session_state["edit_changed"] = int((new != rgb).any(-1).sum())

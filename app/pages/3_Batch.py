@@ -1,8 +1,5 @@
 """Run a land-cover GeoTIFF through tiled inference and download the georeferenced result."""
 
-import tempfile
-from pathlib import Path
-
 import streamlit as st
 
 from seg2sat import app_support as sup
@@ -26,12 +23,11 @@ if upload is not None:
                 run_cfg = cfg.copy()
                 for key, value in sampling.items():
                     run_cfg[key] = value
-                out_dir = Path(tempfile.mkdtemp(prefix="seg2sat-batch-"))
-                with st.spinner("Generating (tiled)..."):
-                    result = ui.friendly(sup.run_batch, run_cfg, up, out_dir)
+                pipe, tile = loaded
+                with ui.device_slot("batch"), st.spinner("Generating (tiled)..."):
+                    result = ui.friendly(sup.run_batch, run_cfg, up, pipe, tile)
                 if result is not None:
-                    tif, sidecar = result
-                    st.session_state["batch_result"] = (tif.read_bytes(), sidecar)
+                    st.session_state["batch_result"] = result
 if "batch_result" in st.session_state:
     data, sidecar = st.session_state["batch_result"]
     st.success(f"{sidecar['size'][0]} x {sidecar['size'][1]} px, {sidecar['windows']} windows, "

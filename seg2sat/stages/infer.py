@@ -317,8 +317,12 @@ def edit_file(cfg: DictConfig, pipe: Any, tile: int, src: Path, paths: dict[str,
 # ---------------------------------------------------------------------------------------------
 
 
-def run(cfg: DictConfig) -> InferResult:
-    """Generate every input not finished yet; returns written and skipped outputs."""
+def run(cfg: DictConfig, model: tuple[Any, int] | None = None) -> InferResult:
+    """Generate every input not finished yet; returns written and skipped outputs.
+
+    `model` = (pipeline, tile) reuses a loaded model (the app's shared one) instead of loading
+    `cfg.model_path`.
+    """
     from tqdm.auto import tqdm
 
     # 1. Inputs, this process's share, what is left to do.
@@ -343,7 +347,7 @@ def run(cfg: DictConfig) -> InferResult:
     t0 = time.perf_counter()
     device, dtype = resolve_device_dtype(str(cfg.device), str(cfg.dtype))
     legend = load_legend(cfg.get("legend"), cfg.get("legend_file"))
-    pipe, model_tile = load_model(cfg, device, dtype)
+    pipe, model_tile = model if model is not None else load_model(cfg, device, dtype)
     tile = int(cfg.tile or model_tile)
     result.seconds["load"] = round(time.perf_counter() - t0, 2)
     # 3. Files, one after the other; windows inside a file are batched.

@@ -4,6 +4,7 @@ Run with `python -m pytest -m e2e` (needs Debian's `chromium`; `.ci/run` install
 saves a screenshot of every page to docs/screenshots/ (shown in the README).
 """
 
+import contextlib
 import io
 import os
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +36,10 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def app_url(tmp_path):
-    """The real app (`streamlit run`) on the tiny random model; its URL."""
-    # SEG2SAT_E2E_MODEL=data/models/demo makes the screenshots with the trained demo model.
-    model = os.environ.get("SEG2SAT_E2E_MODEL", "tiny-random")
-    # The trained model samples with its own recommended settings (its seg2sat.json).
-    quick = ["steps=10", "guidance_scale=3"] if model == "tiny-random" else []
-    cfg = compose("app", [f"paths.root_dir={tmp_path}", f"model_path={Path(model).resolve() if model != 'tiny-random' else model}",
-                          *quick])
+@contextlib.contextmanager
+def _serve(tmp_path: Path, overrides: list[str]) -> Iterator[str]:
+    """`streamlit run` the app with these config overrides; yields its URL."""
+    cfg = compose("app", [f"paths.root_dir={tmp_path}", *overrides])
     conf = tmp_path / "app.yaml"
     conf.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     port = _port()
@@ -67,6 +64,18 @@ def app_url(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture
+def app_url(tmp_path):
+    """The real app on the tiny random model (or SEG2SAT_E2E_MODEL); its URL."""
+    # SEG2SAT_E2E_MODEL=data/models/demo makes the screenshots with the trained demo model,
+    # which samples with its own recommended settings (its seg2sat.json).
+    model = os.environ.get("SEG2SAT_E2E_MODEL", "tiny-random")
+    overrides = ["model_path=tiny-random", "steps=10", "guidance_scale=3"] if model == "tiny-random" \
+        else [f"model_path={Path(model).resolve()}"]
+    with _serve(tmp_path, overrides) as url:
+        yield url
 
 
 @pytest.fixture
@@ -134,3 +143,42 @@ def test_draw_generate_download(app_url, browser, tmp_path):
     assert png.format == "PNG" and png.size == (256, 256)
     assert np.asarray(png.convert("RGB")).std() > 5
     print(f"time from first stroke to the image on screen: {first_image_s:.1f} s")
+
+
+def test_three_sessions_at_once_each_get_their_image_and_see_the_queue(tmp_path):
+    """Three users press Generate within a second on a server that runs one generation at a time."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install -y --no-install-recommends chromium)")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cdp import Browser
+
+    with _serve(tmp_path, ["model_path=tiny-random", "steps=25", "guidance_scale=3", "app.max_concurrent=1"]) as url:
+        tabs = [Browser(chromium, tmp_path / f"profile{i}", _port()) for i in range(3)]
+        try:
+            for tab in tabs:
+                tab.call("Page.navigate", url=f"{url}/Draw")
+            for tab in tabs:
+                tab.wait("document.body.innerText.includes('Draw, then press Generate')", timeout=180)
+            time.sleep(2.0)
+            t0 = time.time()
+            for tab in tabs:
+                tab.click("button", "Generate")
+            done, queued, errors = [None] * 3, set(), []
+            while time.time() - t0 < 300 and None in done:
+                for i, tab in enumerate(tabs):
+                    text = tab.js("document.body.innerText") or ""
+                    if "Waiting for the device: position" in text:
+                        queued.add(i)
+                    if "Traceback" in text or "Exception" in text:
+                        errors.append((i, text[:300]))
+                    if done[i] is None and "Download PNG" in text:
+                        done[i] = time.time() - t0
+                time.sleep(0.2)
+        finally:
+            for tab in tabs:
+                tab.close()
+    assert None not in done, f"sessions without an image after 300 s: {done}"
+    assert not errors, errors
+    assert queued, "no session saw its position in the queue"
+    print(f"three sessions: images after {[round(d, 1) for d in done]} s; sessions that waited: {sorted(queued)}")
