@@ -3,16 +3,16 @@
 import streamlit as st
 
 from seg2sat import app_ui as ui
+from seg2sat.labels import NUM_CLASSES
 
 st.set_page_config(page_title="Seg2Sat", layout="wide")
 st.title("Seg2Sat: land cover in, aerial image out")
 st.markdown(
     "Draw a land-cover map (**Draw**), repaint part of a real aerial image (**Edit**), or run a "
-    "whole GeoTIFF (**Batch**). **Model** shows what is loaded. The colours are the 19 FLAIR classes:"
+    f"whole GeoTIFF (**Batch**). **Model** shows what is loaded. The colours are the {NUM_CLASSES} FLAIR classes:"
 )
 cfg = ui.config()
 loaded = ui.require_model()
 if loaded is not None:
-    pipe, tile = loaded
-    st.success(f"Model ready: `{cfg.model_path}` on {pipe.unet.device} ({tile} px tiles).")
+    st.success(f"Model ready: `{cfg.model_path}` on {loaded.pipe.unet.device} ({loaded.tile} px tiles).")
 st.markdown(ui.legend_markdown(), unsafe_allow_html=True)

@@ -26,8 +26,10 @@ import psutil
 import torch
 
 from seg2sat import app_support as sup
+from seg2sat.config import compose
 from seg2sat.device_queue import DeviceQueue
-from seg2sat.models import load_pipeline, resolve_device_dtype, sampling_defaults
+from seg2sat.models import load_model, resolve_device_dtype
+from seg2sat.sampling import Sampling
 
 
 class PeakRSS:
@@ -50,7 +52,7 @@ class PeakRSS:
         self._t.join()
 
 
-def run_users(pipe, tile: int, users: int, requests: int, slots: int, size: int, sampling: dict) -> dict:
+def run_users(model, users: int, requests: int, slots: int, size: int, settings: Sampling) -> dict:
     queue = DeviceQueue(slots)
     latencies: list[float] = []
     lock = threading.Lock()
@@ -60,7 +62,7 @@ def run_users(pipe, tile: int, users: int, requests: int, slots: int, size: int,
             codes = sup.template_codes(("fields", "village", "river")[(u + r) % 3], size)
             t0 = time.perf_counter()
             with queue.slot(poll_s=0.05):
-                out = sup.generate(pipe, tile, codes, "Aerial view of Gironde. fields", seed=100 * u + r, **sampling)
+                out = sup.generate(model, codes, "Aerial view of Gironde. fields", settings.replace(seed=100 * u + r))
             sup.png_bytes(out["image"])
             with lock:
                 latencies.append(time.perf_counter() - t0)
@@ -90,19 +92,19 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     args = p.parse_args()
     device, dtype = resolve_device_dtype(args.device, "auto")
-    pipe = load_pipeline(args.model, device=device, dtype=dtype)
-    tile = 64 if args.model == "tiny-random" else int(json.loads(Path(args.model, "seg2sat.json").read_text())["resolution"])
-    sampling = {"steps": args.steps, **sampling_defaults(args.model)}
-    run_users(pipe, tile, 1, 1, 1, args.size, sampling)  # warm-up
-    rows = [run_users(pipe, tile, users, args.requests, 1, args.size, sampling) for users in (1, 2, 4)]
-    rows.append(run_users(pipe, tile, 4, args.requests, 2, args.size, sampling))
+    model = load_model(args.model, device=device, dtype=dtype)
+    # The app's settings for this model (what the Draw page uses with untouched widgets).
+    settings = Sampling.from_config(compose("app", [f"model_path={args.model}", f"steps={args.steps}"]), model)
+    run_users(model, 1, 1, 1, args.size, settings)  # warm-up
+    rows = [run_users(model, users, args.requests, 1, args.size, settings) for users in (1, 2, 4)]
+    rows.append(run_users(model, 4, args.requests, 2, args.size, settings))
     base = rows[0]
     for row in rows:
         row["throughput_vs_1_user"] = round(row["images_per_min"] / base["images_per_min"], 2)
         row["p50_vs_1_user"] = round(row["p50_s"] / base["p50_s"], 2)
         print(json.dumps(row))
     record = {"benchmark": "app_load", "device": args.device if args.device != "cuda" else torch.cuda.get_device_name(),
-              "threads": torch.get_num_threads(), "model": args.model, "map_px": args.size, "sampling": sampling,
+              "threads": torch.get_num_threads(), "model": args.model, "map_px": args.size, "sampling": settings.kwargs(),
               "versions": {"torch": torch.__version__, "python": platform.python_version()}, "rows": rows,
               "note": "users are threads running the Draw page's generation path on one shared pipeline"}
     out = Path(__file__).parent / "results" / "app_load.json"

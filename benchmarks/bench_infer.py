@@ -27,6 +27,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from seg2sat.data.synthetic import scene_codes
+from seg2sat.models import TINY_PRESET, TINY_RESOLUTION
 from seg2sat.raster import FLAIR_CRS, open_geotiff_writer
 from seg2sat.tiling import generate_tiled
 
@@ -39,7 +40,7 @@ def build_pipe(preset: str, device: str, dtype: torch.dtype):
         controlnet_from_unet,
     )
 
-    parts = build_tiny_components(0) if preset == "tiny" else build_sd21_base_random_components(0)
+    parts = build_tiny_components(0) if preset == TINY_PRESET else build_sd21_base_random_components(0)
     pipe = _pipeline(parts, controlnet_from_unet(parts["unet"], parts["vae"]), "unipc")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device=device, dtype=dtype)
@@ -92,7 +93,7 @@ def child(args: argparse.Namespace, scale: int, batch_size: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", choices=["tiny", "sd21_base_random"], default="tiny")
+    ap.add_argument("--preset", choices=[TINY_PRESET, "sd21_base_random"], default=TINY_PRESET)
     ap.add_argument("--tile", type=int, default=None, help="default 64 (tiny), 512 (sd21)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -103,7 +104,7 @@ def main() -> None:
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--scale", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    args.tile = args.tile or (64 if args.preset == "tiny" else 512)
+    args.tile = args.tile or (TINY_RESOLUTION if args.preset == TINY_PRESET else 512)
     if args.one:
         print(json.dumps(one(args)))
         return

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from seg2sat.config import compose
 from seg2sat.data.dataset import PreparedDataset, collate
 from seg2sat.models import (
+    TINY_PRESET,
+    TINY_RESOLUTION,
     build_controlnet,
     build_sd21_base_random_components,
     load_components,
@@ -58,7 +60,7 @@ def make_data(root: Path, resolution: int, tiles: int) -> Path:
 
 def model_overrides(preset: str, root: Path) -> list[str]:
     """Hydra overrides selecting the model; the SD-2.1-size random base is saved to a folder first."""
-    if preset == "tiny":
+    if preset == TINY_PRESET:
         return ["model=tiny", f"model.pretrained_dir={root}/none"]
     folder = root / "sd21_base_random"
     if not (folder / "model_index.json").exists():
@@ -129,7 +131,7 @@ def our_loop(cfg_overrides: list[str], root: Path, steps: int, cache: bool) -> t
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", choices=["tiny", "sd21_base_random"], default="tiny")
+    ap.add_argument("--preset", choices=[TINY_PRESET, "sd21_base_random"], default=TINY_PRESET)
     ap.add_argument("--resolution", type=int, default=None, help="default: 64 (tiny), 512 (sd21)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--steps", type=int, default=20, help="timed steps per loop (after as many warm-up)")
@@ -141,7 +143,7 @@ def main() -> None:
     ap.add_argument("--prepared", type=Path, default=None, help="reuse this prepared dataset (skip making one)")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args()
-    resolution = args.resolution or (64 if args.preset == "tiny" else 512)
+    resolution = args.resolution or (TINY_RESOLUTION if args.preset == TINY_PRESET else 512)
 
     root = args.workdir or Path(tempfile.mkdtemp(prefix="bench_train_"))
     t0 = time.perf_counter()

@@ -31,8 +31,10 @@ from PIL import Image
 
 from seg2sat.errors import Seg2SatError
 from seg2sat.hints import codes_to_hint, snap_hint
-from seg2sat.labels import CLASSES, OTHER_CODE, class_shares
-from seg2sat.prompts import STYLES, caption_for
+from seg2sat.labels import CLASSES, CODES, code_of
+from seg2sat.models import LoadedModel
+from seg2sat.prompts import STYLES, prompt_for
+from seg2sat.sampling import Sampling
 
 CONFIG_ENV = "SEG2SAT_APP_CONFIG"
 _DEMO_LOCK = threading.Lock()  # one demo build per server (the lock file covers other servers)
@@ -57,6 +59,11 @@ def app_config() -> DictConfig:
 def legend_rows() -> list[dict[str, Any]]:
     """Code, name and hex colour of every FLAIR class (the palette)."""
     return [{"code": c.code, "name": c.name, "color": c.hex} for c in CLASSES]
+
+
+def legend_index(name: str) -> int:
+    """Position of a class in `legend_rows()` (a widget's default), by name."""
+    return CODES.index(code_of(name))
 
 
 def style_names() -> list[str]:
@@ -186,21 +193,22 @@ def upload_to_codes(upload: Upload, size: int | None = None) -> np.ndarray:
 
 def template_codes(name: str, size: int) -> np.ndarray:
     """Starting maps: blank fields, a village, a river valley."""
-    codes = np.full((size, size), 11, np.uint8)  # agricultural land
+    fields, meadow, forest = code_of("agricultural land"), code_of("herbaceous vegetation"), code_of("deciduous")
+    codes = np.full((size, size), fields, np.uint8)
     s = size
     if name == "village":
-        codes[:, : s // 2] = 10
-        codes[s // 3: 2 * s // 3, s // 4: 3 * s // 4] = 2
+        codes[:, : s // 2] = meadow
+        codes[s // 3: 2 * s // 3, s // 4: 3 * s // 4] = code_of("pervious surface")
         for i in range(4):
             y, x = s // 3 + (i // 2) * s // 6 + 4, s // 4 + (i % 2) * s // 4 + 4
-            codes[y: y + s // 10, x: x + s // 8] = 1
-        codes[s // 2 - 3: s // 2 + 3, :] = 3
+            codes[y: y + s // 10, x: x + s // 8] = code_of("building")
+        codes[s // 2 - 3: s // 2 + 3, :] = code_of("impervious surface")
     elif name == "river":
-        codes[:] = 7
+        codes[:] = forest
         yy, xx = np.mgrid[:s, :s]
         river = np.abs(xx - (s / 2 + s / 6 * np.sin(yy / s * 2 * np.pi))) < s / 14
-        codes[river] = 5
-        codes[:, : s // 5] = 11
+        codes[river] = code_of("water")
+        codes[:, : s // 5] = fields
     return codes
 
 
@@ -232,8 +240,8 @@ def compose_drawing(base: np.ndarray, strokes: np.ndarray | None) -> tuple[np.nd
 # ---------------------------------------------------------------------------------------------
 
 
-def load_model(cfg: DictConfig) -> tuple[Any, int]:
-    """(pipeline, tile size) of the configured model; raises ModelError when it is missing."""
+def load_model(cfg: DictConfig) -> LoadedModel:
+    """The configured model with its info; raises ModelError when it is missing."""
     from seg2sat.models import resolve_device_dtype
     from seg2sat.stages.infer import load_model as infer_load
 
@@ -269,36 +277,36 @@ def build_demo_model(cfg: DictConfig) -> Path:
         return demo.run(compose("demo", [f"paths.{k}={v}" for k, v in paths.items()])).model_dir
 
 
-def make_prompt(codes: np.ndarray, place: str, style: str | None, text: str | None = None) -> str:
-    """A fixed prompt, or the caption of the map's class shares with a place and a style."""
-    if text:
-        return text
-    return caption_for(class_shares(codes), place=place or "France", style=style or None)
+def make_prompt(codes: np.ndarray, cfg: DictConfig, place: str | None = None, style: str | None = None,
+                text: str | None = None) -> str:
+    """The prompt `infer` would make for this map, with the page's place, style or full text."""
+    return prompt_for(codes, text=text or cfg.prompt.text, template=str(cfg.prompt.template),
+                      place=place or str(cfg.prompt.place), style=style or cfg.prompt.style)
 
 
-def generate(pipe: Any, tile: int, codes: np.ndarray, prompt: str, *, seed: int = 0, steps: int = 20,
-             guidance_scale: float = 7.5, controlnet_scale: float = 1.0, progress: Any = None) -> dict[str, Any]:
-    """One image for a map of any size; returns the image, prompt, settings and seconds."""
+def generate(model: LoadedModel, codes: np.ndarray, prompt: str, settings: Sampling,
+             progress: Any = None) -> dict[str, Any]:
+    """One image for a map of any size; returns the image, prompt, settings and seconds.
+
+    `settings` come from `Sampling.from_config` as in `infer`, so the same map and seed give
+    the same pixels here and there.
+    """
     from seg2sat.tiling import generate_image
 
     t0 = time.perf_counter()
-    image = generate_image(pipe, codes, prompt, seed=int(seed), steps=int(steps),
-                           guidance_scale=float(guidance_scale), controlnet_scale=float(controlnet_scale),
-                           tile=tile, overlap=tile // 4, batch_size=4, progress=progress)
-    return {"image": image, "prompt": prompt, "seed": int(seed), "steps": int(steps),
-            "guidance_scale": float(guidance_scale), "controlnet_scale": float(controlnet_scale),
-            "seconds": round(time.perf_counter() - t0, 2)}
+    image = generate_image(model.pipe, codes, prompt, progress=progress, **settings.kwargs())
+    return {"image": image, "prompt": prompt, **settings.kwargs(), "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def edit(pipe: Any, tile: int, image: np.ndarray, codes: np.ndarray, painted: np.ndarray, prompt: str, *,
-         margin: int = 8, **settings: Any) -> np.ndarray:
+def edit(model: LoadedModel, image: np.ndarray, codes: np.ndarray, painted: np.ndarray, prompt: str,
+         settings: Sampling, *, margin: int = 8, progress: Any = None) -> np.ndarray:
     """Regenerate the painted part of an aerial image (the rest stays bit-identical)."""
     from seg2sat.tiling import regional_edit
 
     if not painted.any():
         raise UploadError("paint over part of the image first")
-    new, _ = regional_edit(pipe, image[..., :3], codes, painted, painted, prompt, margin=margin, tile=tile,
-                           overlap=tile // 4, batch_size=4, **settings)
+    new, _ = regional_edit(model.pipe, image[..., :3], codes, painted, painted, prompt, margin=margin,
+                           progress=progress, **settings.kwargs())
     return new
 
 
@@ -320,7 +328,7 @@ def geotiff_bytes(image: np.ndarray, crs: Any, transform: Affine, size: tuple[in
         return path.read_bytes()
 
 
-def run_batch(cfg: DictConfig, upload: Upload, pipe: Any, tile: int, progress: Any = None) -> tuple[bytes, dict[str, Any]]:
+def run_batch(cfg: DictConfig, upload: Upload, model: LoadedModel, progress: Any = None) -> tuple[bytes, dict[str, Any]]:
     """Tiled inference (the `infer` stage) on an uploaded GeoTIFF with the shared model.
 
     Returns the output GeoTIFF's bytes and its sidecar; the work folder (input copy, output)
@@ -336,23 +344,18 @@ def run_batch(cfg: DictConfig, upload: Upload, pipe: Any, tile: int, progress: A
         run_cfg = OmegaConf.merge(cfg, {
             "input": str(src), "output_dir": str(Path(tmp) / "out"), "overwrite": True, "preview": False,
             "cog": False, "crs": None if upload.crs is not None else "EPSG:2154"})
-        tif = infer.run(run_cfg, model=(pipe, tile)).outputs[0]
+        tif = infer.run(run_cfg, model=model).outputs[0]
         return tif.read_bytes(), json.loads(Path(f"{tif}.json").read_text())
 
 
-def model_summary(cfg: DictConfig, pipe: Any, tile: int) -> dict[str, Any]:
+def model_summary(model: LoadedModel, cfg: DictConfig) -> dict[str, Any]:
     """What the Model page shows: source, base, device, dtype, tile, card, measured fidelity."""
-    from seg2sat.models import MODEL_INFO, count_parameters
+    from seg2sat.models import count_parameters
 
-    folder = Path(str(cfg.model_path))
-    info = json.loads((folder / MODEL_INFO).read_text()) if (folder / MODEL_INFO).exists() else {}
+    folder = Path(model.source)
     card = (folder / "README.md").read_text() if (folder / "README.md").exists() else ""
-    return {"model": str(cfg.model_path), "base": info.get("base_model") or cfg.get("base_model"),
+    pipe = model.pipe
+    return {"model": model.source, "base": model.info.get("base_model") or cfg.get("base_model"),
             "device": str(pipe.unet.device), "dtype": str(pipe.unet.dtype).replace("torch.", ""),
-            "tile": tile, "controlnet_parameters": count_parameters(pipe.controlnet),
-            "steps": info.get("steps"), "fidelity": info.get("fidelity"), "card": card}
-
-
-def codes_or_other(codes: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-    """Codes with nodata shown as "other"."""
-    return codes if valid is None else np.where(valid, codes, OTHER_CODE).astype(np.uint8)
+            "tile": model.tile, "controlnet_parameters": count_parameters(pipe.controlnet),
+            "steps": model.info.get("steps"), "fidelity": model.info.get("fidelity"), "card": card}

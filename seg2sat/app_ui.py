@@ -14,6 +14,8 @@ import streamlit as st
 from seg2sat import app_support as sup
 from seg2sat.device_queue import DeviceQueue, QueueStatus
 from seg2sat.errors import Seg2SatError
+from seg2sat.models import LoadedModel
+from seg2sat.sampling import Sampling
 
 
 @st.cache_resource(show_spinner=False)
@@ -54,12 +56,12 @@ def device_slot(label: str) -> Iterator[None]:
 
 
 @st.cache_resource(show_spinner="Loading the model...")
-def model() -> tuple[Any, int]:
-    """(pipeline, tile), loaded once per server."""
+def model() -> LoadedModel:
+    """The model with its info, loaded once per server and shared by every session."""
     return sup.load_model(config())
 
 
-def require_model() -> tuple[Any, int] | None:
+def require_model() -> LoadedModel | None:
     """The model, or a message (and the button that builds the demo model) when it is missing."""
     cfg = config()
     if sup.demo_model_missing(cfg):
@@ -78,6 +80,11 @@ def require_model() -> tuple[Any, int] | None:
     except Seg2SatError as exc:
         st.error(str(exc))
         return None
+
+
+def settings(loaded: LoadedModel | None, overrides: dict[str, Any]) -> Sampling:
+    """`infer`'s settings for this config and model, with the page's widget values."""
+    return Sampling.from_config(config(), loaded, **overrides)
 
 
 def progress_bar(label: str) -> Callable[[int, int], None]:
@@ -106,19 +113,19 @@ def legend_markdown() -> str:
 
 
 def sampling_controls(prefix: str) -> dict[str, Any]:
-    """Seed, steps, guidance and ControlNet scale widgets (defaults: the config, else the model's)."""
-    from seg2sat.models import sampling_defaults
-
+    """Seed, steps, guidance and ControlNet scale widgets, starting at `infer`'s settings."""
     cfg = config()
-    model_says = sampling_defaults(cfg.model_path)
-    guidance = model_says["guidance_scale"] if cfg.guidance_scale is None else float(cfg.guidance_scale)
-    scale = model_says["controlnet_scale"] if cfg.controlnet_scale is None else float(cfg.controlnet_scale)
+    loaded = None
+    if not sup.demo_model_missing(cfg):
+        with contextlib.suppress(Seg2SatError):  # require_model shows the error where it matters
+            loaded = model()
+    base = settings(loaded, {})
     with st.expander("Sampling", expanded=False):
         return {
-            "seed": st.number_input("Seed", 0, 2**31 - 1, int(cfg.seed), key=f"{prefix}_seed"),
-            "steps": st.slider("Steps", 1, 50, int(cfg.steps), key=f"{prefix}_steps"),
-            "guidance_scale": st.slider("Guidance", 1.0, 15.0, guidance, key=f"{prefix}_guidance"),
-            "controlnet_scale": st.slider("ControlNet scale", 0.0, 4.0, scale, key=f"{prefix}_cn"),
+            "seed": st.number_input("Seed", 0, 2**31 - 1, base.seed, key=f"{prefix}_seed"),
+            "steps": st.slider("Steps", 1, 50, base.steps, key=f"{prefix}_steps"),
+            "guidance_scale": st.slider("Guidance", 1.0, 15.0, base.guidance_scale, key=f"{prefix}_guidance"),
+            "controlnet_scale": st.slider("ControlNet scale", 0.0, 4.0, base.controlnet_scale, key=f"{prefix}_cn"),
         }
 
 

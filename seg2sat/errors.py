@@ -29,3 +29,15 @@ class VectorError(Seg2SatError):
 
 class ModelError(Seg2SatError):
     """Model weights missing, unreadable, or in a format we refuse (pickle, remote code)."""
+
+
+class ConfigError(Seg2SatError, ValueError):
+    """A setting that cannot work: out of range, inconsistent with another, or unknown."""
+
+
+class TilingError(Seg2SatError, ValueError):
+    """Tiled generation or its measures cannot run on these sizes, this overlap or this region.
+
+    Sizes off the VAE grid, a grid smaller than the tile, an overlap out of range, an empty
+    edit region, an image with no tile border to measure.
+    """

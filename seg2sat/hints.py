@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from seg2sat.errors import LegendError
-from seg2sat.labels import CODES, MAX_CODE, OTHER_CODE, PALETTE
+from seg2sat.labels import CODES, OTHER_CODE, PALETTE, check_codes
 
 # Colour -> code via a packed 24-bit key and a perfect hash: `key % _MOD` is distinct for the
 # 19 legend colours, so two 87-entry tables give the code and confirm the colour. This is
@@ -46,14 +46,7 @@ def codes_to_hint(codes: np.ndarray, source: str | Path | None = None) -> np.nda
     codes = np.asarray(codes)
     if codes.ndim != 2:
         raise LegendError(f"{_where(source)}expected a 2-D code array, got shape {codes.shape}")
-    if codes.dtype.kind not in "ui":
-        raise LegendError(f"{_where(source)}class codes must be integers, got dtype {codes.dtype}")
-    bad = (codes < 1) | (codes > MAX_CODE)
-    if bad.any():
-        values, counts = np.unique(codes[bad], return_counts=True)
-        detail = ", ".join(f"{v}: {c} px" for v, c in zip(values[:10], counts[:10], strict=True))
-        raise LegendError(f"{_where(source)}codes outside the FLAIR legend 1..{MAX_CODE} ({detail})")
-    return PALETTE[codes]
+    return PALETTE[check_codes(codes, source)]
 
 
 def _rgb_keys(rgb: np.ndarray) -> np.ndarray:

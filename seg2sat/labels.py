@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seg2sat.errors import LegendError
+
 
 @dataclass(frozen=True)
 class LandCoverClass:
@@ -53,10 +55,13 @@ CLASSES: tuple[LandCoverClass, ...] = (
 NUM_CLASSES: int = len(CLASSES)
 CODES: tuple[int, ...] = tuple(c.code for c in CLASSES)
 MIN_CODE, MAX_CODE = min(CODES), max(CODES)
-OTHER_CODE: int = 19
 BY_CODE: dict[int, LandCoverClass] = {c.code: c for c in CLASSES}
 BY_NAME: dict[str, LandCoverClass] = {c.name: c for c in CLASSES}
+OTHER_CODE: int = BY_NAME["other"].code  # nodata and merged rare classes become "other"
 NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
+# The legend's codes are the whole numbers MIN_CODE..MAX_CODE (a test checks they have no
+# gap), so "is a code" is two comparisons instead of a set lookup per pixel.
+OUTSIDE_LEGEND: str = f"outside the FLAIR legend {MIN_CODE}..{MAX_CODE}"
 
 # PALETTE[code] is the colour of `code`; row 0 is not a class (FLAIR codes start at 1) and is
 # black only so that `PALETTE[mask]` is one vectorised lookup. Validate codes before using it.
@@ -84,7 +89,7 @@ def class_name(code: int) -> str:
     try:
         return BY_CODE[int(code)].name
     except KeyError:
-        raise KeyError(f"code {code} is not in the FLAIR legend (valid: 1..{MAX_CODE})") from None
+        raise KeyError(f"code {code} is not in the FLAIR legend (valid: {MIN_CODE}..{MAX_CODE})") from None
 
 
 def code_of(name: str) -> int:
@@ -93,6 +98,46 @@ def code_of(name: str) -> int:
     if cls is None:
         raise KeyError(f"{name!r} is not a FLAIR class name; known: {', '.join(NAMES)}")
     return cls.code
+
+
+def in_legend(values: np.ndarray | float) -> np.ndarray:
+    """True where a value is a FLAIR code: a whole number in MIN_CODE..MAX_CODE.
+
+    Works on any numeric array (a float raster's 5.0 is code 5, its 5.5 is not a code).
+    """
+    values = np.asarray(values)
+    ok = (values >= MIN_CODE) & (values <= MAX_CODE)
+    if values.dtype.kind == "f":
+        ok &= values == np.round(values)
+    return ok
+
+
+def describe_counts(values: np.ndarray, limit: int = 10) -> str:
+    """`"v: n px, ..."` for the `limit` most frequent distinct values (ties by value)."""
+    uniq, counts = np.unique(np.asarray(values), return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:limit]
+    return ", ".join(f"{uniq[i]:g}: {counts[i]} px" for i in order)
+
+
+def check_codes(codes: np.ndarray, source: str | Path | None = None) -> np.ndarray:
+    """Return `codes` unchanged when every value is a FLAIR code; raise LegendError otherwise.
+
+    Args:
+        codes: an integer array of class codes (any shape).
+        source: the file or input the codes come from, named in the error.
+
+    Raises:
+        LegendError: non-integer dtype, or values outside MIN_CODE..MAX_CODE (listed with
+            their pixel counts, most frequent first).
+    """
+    codes = np.asarray(codes)
+    where = f"{source}: " if source is not None else ""
+    if codes.dtype.kind not in "ui":
+        raise LegendError(f"{where}class codes must be integers, got dtype {codes.dtype}")
+    bad = ~in_legend(codes)
+    if bad.any():
+        raise LegendError(f"{where}codes {OUTSIDE_LEGEND} ({describe_counts(codes[bad])})")
+    return codes
 
 
 def merge13(codes: np.ndarray, compact: bool = False) -> np.ndarray:

@@ -23,6 +23,7 @@ from seg2sat.errors import ModelError
 
 log = logging.getLogger(__name__)
 
+TINY_PRESET = "tiny"  # conf/model/tiny.yaml: built in code, or the pretrained tiny base
 TINY_RESOLUTION = 64
 TINY_VAE_FACTOR = 4
 MODEL_INFO = "seg2sat.json"
@@ -61,8 +62,8 @@ def make_scheduler(name: str, config: Mapping[str, Any]) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP's reversible byte -> printable-character table."""
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable-character table (the BPE's base symbols)."""
     bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs, n = bs[:], 0
     for b in range(256):
@@ -90,12 +91,12 @@ def tiny_tokenizer() -> Any:
     """
     from transformers import CLIPTokenizer
 
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())
     vocab = {s: i for i, s in enumerate(symbols)}
     vocab.update({s + "</w>": len(symbols) + i for i, s in enumerate(symbols)})
     merges: list[tuple[str, str]] = []
     seen: set[tuple[str, str]] = set()
-    byte_map = _bytes_to_unicode()
+    byte_map = bytes_to_unicode()
     for word in _caption_words():
         chars = [byte_map[b] for b in word.encode("utf-8")]
         chars[-1] += "</w>"
@@ -268,12 +269,12 @@ def load_components(model_cfg: Mapping[str, Any], dtype: torch.dtype = torch.flo
 
     name = model_cfg.get("name")
     pretrained = model_cfg.get("pretrained_dir")
-    if name == "tiny" and not (pretrained and Path(pretrained, "model_index.json").exists()):
+    if name == TINY_PRESET and not (pretrained and Path(pretrained, "model_index.json").exists()):
         parts = build_tiny_components(int(model_cfg.get("seed", 0)))
         parts["noise_scheduler"] = parts.pop("scheduler")
         base = f"tiny-random-{int(model_cfg.get('seed', 0))}"
     else:
-        base = str(pretrained if name == "tiny" else model_cfg["base"])
+        base = str(pretrained if name == TINY_PRESET else model_cfg["base"])
         common = {"revision": model_cfg.get("revision")} if model_cfg.get("revision") else {}
         variant = {"variant": model_cfg["variant"]} if model_cfg.get("variant") else {}
         parts = {
@@ -339,17 +340,32 @@ def read_model_info(folder: str | Path) -> dict[str, Any]:
 
 # Sampling when neither the config nor the model folder says otherwise: Stable Diffusion's usual.
 DEFAULT_SAMPLING: dict[str, float] = {"guidance_scale": 7.5, "controlnet_scale": 1.0}
+TINY_RANDOM = "tiny-random"  # the random tiny model (tests, benchmarks): built in code, no folder
 
 
-def sampling_defaults(model_path: str | Path) -> dict[str, float]:
-    """Guidance and ControlNet scale the model recommends (`sampling` in its seg2sat.json).
+@dataclass(frozen=True)
+class LoadedModel:
+    """A pipeline with what its folder says about it, read once when it is loaded.
 
-    The tiny demo model follows its map best without classifier-free guidance and with a
-    stronger ControlNet (docs/fidelity.md); Stable Diffusion models keep SD's usual settings.
+    `info` is the folder's `seg2sat.json` ({} for a plain diffusers ControlNet or the random
+    tiny model); `tile` is the resolution the model was trained at, the window size of tiled
+    generation.
     """
-    folder = Path(str(model_path)).expanduser()
-    recommended = (read_model_info(folder).get("sampling") or {}) if (folder / MODEL_INFO).exists() else {}
-    return {k: float(recommended.get(k, v)) for k, v in DEFAULT_SAMPLING.items()}
+
+    pipe: Any
+    tile: int
+    info: Mapping[str, Any]
+    source: str
+
+    @property
+    def recommended_sampling(self) -> dict[str, float]:
+        """Guidance and ControlNet scale the model recommends (`sampling` in its seg2sat.json).
+
+        The tiny demo model follows its map best without classifier-free guidance and with a
+        stronger ControlNet (docs/fidelity.md); Stable Diffusion models keep SD's usual settings.
+        """
+        recommended = self.info.get("sampling") or {}
+        return {k: float(recommended.get(k, v)) for k, v in DEFAULT_SAMPLING.items()}
 
 
 def _resolve_base(folder: Path, base: str) -> str:
@@ -357,9 +373,10 @@ def _resolve_base(folder: Path, base: str) -> str:
     return str(candidate) if candidate.exists() else base
 
 
-def load_pipeline(source: str | Path, base: str | Path | None = None, device: str | torch.device = "cpu",
-                  dtype: torch.dtype | None = None, scheduler: str | None = "unipc") -> Any:
-    """A StableDiffusionControlNetPipeline from an exported folder, a ControlNet folder or id.
+def load_model(source: str | Path, base: str | Path | None = None, device: str | torch.device = "cpu",
+               dtype: torch.dtype | None = None, scheduler: str | None = "unipc",
+               lora: str | None = None) -> LoadedModel:
+    """A StableDiffusionControlNetPipeline and its model info, from a folder, a ControlNet or an id.
 
     Args:
         source: our exported model folder (has `seg2sat.json`); a diffusers ControlNet folder
@@ -369,30 +386,50 @@ def load_pipeline(source: str | Path, base: str | Path | None = None, device: st
         device: where to run.
         dtype: precision (float32 when None).
         scheduler: sampler name (see SCHEDULERS); None keeps the base's own.
+        lora: a LoRA folder or id fused into the UNet (the LCM/TCD distillation LoRAs).
     """
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
-    if str(source) == "tiny-random":
-        pipe = build_tiny_pipeline(0, scheduler=scheduler or "unipc")
-        return pipe.to(device=device, dtype=dtype or torch.float32)
-    folder = Path(source).expanduser()
-    if (folder / MODEL_INFO).exists():
-        info = read_model_info(folder)
-        base = base or _resolve_base(folder, info["base_model"])
-        cn_source: str | Path = folder / info.get("controlnet", "controlnet")
-    else:
-        cn_source = source
-        if base is None:
-            raise ModelError(f"{source}: a plain ControlNet needs its Stable Diffusion base "
-                             "(e.g. base=stabilityai/stable-diffusion-2-1-base)")
+    # 1. The sampler must make sense without its distillation LoRA.
+    if scheduler in DISTILLED_SCHEDULERS and not lora:
+        raise ModelError(f"scheduler={scheduler} needs its distillation LoRA (lora=<folder or id>)")
+    # 2. The pipeline: built in code, or the ControlNet and its base from folders/ids.
+    info: dict[str, Any] = {}
     torch_dtype = dtype or torch.float32
-    controlnet = _from_pretrained(ControlNetModel, cn_source, dtype=torch_dtype)
-    pipe = _from_pretrained(StableDiffusionControlNetPipeline, base, controlnet=controlnet, safety_checker=None,
-                            feature_extractor=None, requires_safety_checker=False, dtype=torch_dtype)
-    if scheduler:
-        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    if str(source) == TINY_RANDOM:
+        pipe = build_tiny_pipeline(0, scheduler=scheduler or "unipc").to(dtype=torch_dtype)
+    else:
+        folder = Path(source).expanduser()
+        if (folder / MODEL_INFO).exists():
+            info = read_model_info(folder)
+            base = base or _resolve_base(folder, info["base_model"])
+            cn_source: str | Path = folder / info.get("controlnet", "controlnet")
+        else:
+            cn_source = source
+            if base is None:
+                raise ModelError(f"{source}: a plain ControlNet needs its Stable Diffusion base "
+                                 "(e.g. base=stabilityai/stable-diffusion-2-1-base)")
+        controlnet = _from_pretrained(ControlNetModel, cn_source, dtype=torch_dtype)
+        pipe = _from_pretrained(StableDiffusionControlNetPipeline, base, controlnet=controlnet, safety_checker=None,
+                                feature_extractor=None, requires_safety_checker=False, dtype=torch_dtype)
+        if scheduler:
+            pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+    # 3. The optional LoRA, fused so sampling costs nothing more.
+    if lora:
+        try:
+            pipe.load_lora_weights(str(lora))
+            pipe.fuse_lora()
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{lora}: cannot load the LoRA: {exc}") from exc
+    tile = int(info.get("resolution") or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor))
+    return LoadedModel(pipe=pipe.to(device), tile=tile, info=info, source=str(source))
+
+
+def load_pipeline(source: str | Path, base: str | Path | None = None, device: str | torch.device = "cpu",
+                  dtype: torch.dtype | None = None, scheduler: str | None = "unipc") -> Any:
+    """The pipeline alone (`load_model(...).pipe`), for callers that need no model info."""
+    return load_model(source, base=base, device=device, dtype=dtype, scheduler=scheduler).pipe
 
 
 def load_pipeline_from_base(base: str | Path, device: str | torch.device = "cpu", scheduler: str = "unipc") -> Any:

@@ -12,17 +12,16 @@ from PIL import Image
 
 from seg2sat.errors import LegendError
 from seg2sat.hints import hint_to_codes
-
-DEFAULT_NEGATIVE = "blurry, distorted, low quality, text, watermark"
+from seg2sat.tiling import VAE_FACTOR
 
 
 def check_hint(hint: np.ndarray, source: str | Path | None = None) -> np.ndarray:
-    """An (H, W, 3) uint8 legend-colour hint whose sides are multiples of 8 (the VAE factor)."""
+    """An (H, W, 3) uint8 legend-colour hint whose sides are multiples of the VAE factor."""
     hint = np.asarray(hint)
     hint_to_codes(hint, source=source)  # raises LegendError naming the off-legend colours
     h, w = hint.shape[:2]
-    if h % 8 or w % 8:
-        raise LegendError(f"{source or 'hint'}: size {w}x{h} is not a multiple of 8")
+    if h % VAE_FACTOR or w % VAE_FACTOR:
+        raise LegendError(f"{source or 'hint'}: size {w}x{h} is not a multiple of {VAE_FACTOR}")
     return hint[..., :3]
 
 

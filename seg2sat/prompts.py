@@ -13,7 +13,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from seg2sat.labels import BY_NAME
+import numpy as np
+
+from seg2sat.labels import BY_NAME, class_shares
 
 DEFAULT_TEMPLATE = "Aerial view of {place}. {classes}"
 DEFAULT_PLACE = "France"
@@ -125,3 +127,14 @@ def caption_for(
         if extra:
             text = f"{text.rstrip('.')}, {extra}"
     return text
+
+
+def prompt_for(codes: np.ndarray, valid: np.ndarray | None = None, *, text: str | None = None,
+               template: str = DEFAULT_TEMPLATE, place: str | None = None, style: str | None = None) -> str:
+    """The prompt of a map: the fixed `text`, or the caption of its class shares.
+
+    The one rule `infer`, the app and evaluation share, so a map gets the same prompt in each.
+    """
+    if text:
+        return str(text)
+    return caption_for(class_shares(codes, valid), template=template, place=place or None, style=style or None)

@@ -22,8 +22,8 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from seg2sat.atomic import atomic_path
-from seg2sat.errors import GeoreferenceError, LegendError, RasterError
-from seg2sat.labels import MAX_CODE, MIN_CODE
+from seg2sat.errors import GeoreferenceError, RasterError
+from seg2sat.labels import check_codes
 
 FLAIR_IMG_BANDS = 5  # R, G, B, NIR, elevation
 FLAIR_RESOLUTION = 0.2  # metres
@@ -191,22 +191,25 @@ def read_flair_msk(path: str | Path, window: Window | None = None) -> RasterData
         if src.dtypes[0] != "uint8":
             raise RasterError(f"{path}: expected uint8 class codes, found {src.dtypes[0]}")
     data = read_raster(path, window=window)
-    codes = data.array[0]
-    bad = (codes < MIN_CODE) | (codes > MAX_CODE)
-    if bad.any():
-        values, counts = np.unique(codes[bad], return_counts=True)
-        detail = ", ".join(f"{v}: {c} px" for v, c in zip(values[:10], counts[:10], strict=True))
-        raise LegendError(f"{path}: codes outside the FLAIR legend {MIN_CODE}..{MAX_CODE} ({detail})")
+    check_codes(data.array[0], path)
     return data
 
 
-def same_grid(a: RasterData, b: RasterData, tol: float = 1e-6) -> bool:
-    """True when two rasters share CRS, transform and size."""
-    return (
-        a.crs == b.crs
-        and a.array.shape[1:] == b.array.shape[1:]
-        and a.transform.almost_equals(b.transform, precision=tol)
-    )
+def check_same_grid(a: RasterData, b: RasterData, tol: float = 1e-6) -> None:
+    """Refuse two rasters that differ in size, CRS or transform (to `tol` CRS units).
+
+    Raises:
+        GeoreferenceError: naming both files, the size or the georeferencing of each.
+    """
+    if a.array.shape[1:] != b.array.shape[1:]:
+        raise GeoreferenceError(
+            f"{a.path} and {b.path}: size mismatch, {a.width}x{a.height} vs {b.width}x{b.height}"
+        )
+    if a.crs != b.crs or not a.transform.almost_equals(b.transform, precision=tol):
+        raise GeoreferenceError(
+            f"{a.path} and {b.path}: georeferencing mismatch "
+            f"({a.crs}, {tuple(a.transform)[:6]}) vs ({b.crs}, {tuple(b.transform)[:6]})"
+        )
 
 
 def read_flair_pair(
@@ -215,16 +218,7 @@ def read_flair_pair(
     """An IMG/MSK pair; their size and georeferencing must agree."""
     img = read_flair_img(img_path, window)
     msk = read_flair_msk(msk_path, window)
-    if img.array.shape[1:] != msk.array.shape[1:]:
-        raise GeoreferenceError(
-            f"{img_path} and {msk_path}: size mismatch, image {img.width}x{img.height} "
-            f"vs mask {msk.width}x{msk.height}"
-        )
-    if img.crs != msk.crs or not img.transform.almost_equals(msk.transform, precision=1e-6):
-        raise GeoreferenceError(
-            f"{img_path} and {msk_path}: georeferencing mismatch "
-            f"({img.crs}, {tuple(img.transform)[:6]}) vs ({msk.crs}, {tuple(msk.transform)[:6]})"
-        )
+    check_same_grid(img, msk)
     return img, msk
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from seg2sat.errors import TilingError
 from seg2sat.hints import codes_to_hint
 
 # Sizes (grids, tiles, overlaps) are multiples of this: Stable Diffusion's VAE factor, which is
@@ -55,7 +56,7 @@ def window_starts(length: int, tile: int, stride: int) -> list[int]:
 def windows_for(height: int, width: int, tile: int, overlap: int) -> list[Window]:
     """Row-major windows over a (height, width) grid; both sides must be >= tile."""
     if overlap < 0 or overlap >= tile:
-        raise ValueError(f"overlap {overlap} must be in [0, {tile})")
+        raise TilingError(f"overlap {overlap} must be in [0, {tile}) for tile {tile}")
     stride = tile - overlap
     return [Window(r, c, tile) for r in window_starts(height, tile, stride)
             for c in window_starts(width, tile, stride)]
@@ -103,7 +104,7 @@ def seam_ratio(image: np.ndarray, tile: int) -> float:
     at_x = (cols + 1) % tile == 0
     at_y = (rows + 1) % tile == 0
     if not at_x.any() and not at_y.any():
-        raise ValueError(f"image {img.shape} has no tile border for tile {tile}")
+        raise TilingError(f"image {img.shape} has no tile border for tile {tile}: it needs a side > {tile}")
     border = np.concatenate([gx[:, at_x].ravel(), gy[at_y, :].ravel()])
     inside = np.concatenate([gx[:, ~at_x].ravel(), gy[~at_y, :].ravel()])
     return float(border.mean() / max(inside.mean(), 1e-6))
@@ -122,6 +123,158 @@ class TiledResult:
     model_calls: int
     height: int
     width: int
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The windows over a grid and their blending weights, in pixels and in latent cells."""
+
+    height: int
+    width: int
+    tile: int
+    windows: list[Window]
+    factor: int  # pixels per latent cell (the pipeline's VAE factor)
+    lat_tile: int
+    w_lat: torch.Tensor  # (1, 1, lat_tile, lat_tile) on the UNet's device
+    w_pix: np.ndarray  # (tile, tile, 1)
+
+    def latent_crops(self, latents: torch.Tensor, batch: list[Window]) -> torch.Tensor:
+        """The latent cells under each window of `batch`, concatenated along the batch axis."""
+        f, lt = self.factor, self.lat_tile
+        return torch.cat([latents[:, :, w.row // f:w.row // f + lt, w.col // f:w.col // f + lt] for w in batch])
+
+
+@dataclass
+class _Progress:
+    """Counts finished window units and reports them as progress(done, total)."""
+
+    total: int
+    callback: Callable[[int, int], None] | None
+    done: int = 0
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.callback:
+            self.callback(self.done, self.total)
+
+
+def _check_sizes(height: int, width: int, tile: int, overlap: int) -> None:
+    if height % VAE_FACTOR or width % VAE_FACTOR or tile % VAE_FACTOR or overlap % VAE_FACTOR:
+        raise TilingError(f"sizes must be multiples of {VAE_FACTOR} (grid {width}x{height}, tile {tile}, "
+                          f"overlap {overlap}); pad_to_tile pads a grid")
+    if height < tile or width < tile:
+        raise TilingError(f"grid {width}x{height} is smaller than the tile {tile}; pad it first (pad_to_tile)")
+
+
+def _plan(pipe: Any, height: int, width: int, tile: int, overlap: int) -> _Plan:
+    """Check the sizes and lay out the windows and their ramps over a (height, width) grid."""
+    _check_sizes(height, width, tile, overlap)
+    wins = windows_for(height, width, tile, overlap)
+    f = int(pipe.vae_scale_factor)
+    lt, lo = tile // f, overlap // f
+    w_lat = torch.from_numpy(ramp(lt, lo)).to(pipe.unet.device, torch.float32)[None, None]
+    return _Plan(height=height, width=width, tile=tile, windows=wins, factor=f, lat_tile=lt, w_lat=w_lat,
+                 w_pix=ramp(tile, overlap)[..., None])
+
+
+def _encode_text(pipe: Any, prompt: str, negative_prompt: str, do_cfg: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(positive, negative) prompt embeddings; negative is None without guidance."""
+    # A fast tokenizer sets its padding/truncation on the shared backend before each call
+    # (diffusers calls it with two settings), so threads sharing a pipeline take turns.
+    with _PROMPT_LOCK:
+        pos, neg = pipe.encode_prompt(prompt, pipe.unet.device, 1, do_cfg, negative_prompt or None)
+    return pos, (neg if do_cfg else None)
+
+
+def _initial_latents(pipe: Any, plan: _Plan, seed: int, steps: int) -> tuple[Any, torch.Tensor]:
+    """A scheduler of this call's own, and the whole latent's initial noise drawn per block."""
+    # A multistep scheduler keeps the history of its steps: one per call, never the shared one.
+    sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    device = pipe.unet.device
+    sched.set_timesteps(steps, device=device)
+    f = plan.factor
+    noise = initial_noise(seed, plan.height // f, plan.width // f, plan.lat_tile, int(pipe.unet.config.in_channels))
+    return sched, noise.to(device, torch.float32) * sched.init_noise_sigma
+
+
+def _predict_noise(pipe: Any, inp: torch.Tensor, t: torch.Tensor, hint: torch.Tensor, pos: torch.Tensor,
+                   neg: torch.Tensor | None, guidance_scale: float, controlnet_scale: float) -> torch.Tensor:
+    """UNet + ControlNet noise prediction (fp32) for a batch of window latents, guided if `neg`."""
+    n = len(inp)
+    text = pos.repeat(n, 1, 1)
+    if neg is not None:
+        inp, hint = torch.cat([inp, inp]), torch.cat([hint, hint])
+        text = torch.cat([neg.repeat(n, 1, 1), text])
+    down, mid = pipe.controlnet(inp, t, encoder_hidden_states=text, controlnet_cond=hint,
+                                conditioning_scale=controlnet_scale, return_dict=False)
+    eps = pipe.unet(inp, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                    mid_block_additional_residual=mid, return_dict=False)[0].float()
+    if neg is None:
+        return eps
+    uncond, cond = eps.chunk(2)
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def _denoise(pipe: Any, sched: Any, latents: torch.Tensor, plan: _Plan, hint_rgb: np.ndarray, pos: torch.Tensor,
+             neg: torch.Tensor | None, guidance_scale: float, controlnet_scale: float, batch_size: int,
+             progress: _Progress) -> tuple[torch.Tensor, int]:
+    """MultiDiffusion: at every step blend the windows' noise predictions, then step once.
+
+    Returns the denoised latent and the number of UNet/ControlNet calls.
+    """
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    lt, f, tile = plan.lat_tile, plan.factor, plan.tile
+    calls = 0
+    for t in sched.timesteps:
+        acc = torch.zeros_like(latents)
+        wsum = torch.zeros_like(latents[:, :1])
+        for batch in _batches(plan.windows, batch_size):
+            inp = sched.scale_model_input(plan.latent_crops(latents, batch), t).to(dtype)
+            crops = np.stack([hint_rgb[w.row:w.row + tile, w.col:w.col + tile] for w in batch])
+            hint = torch.from_numpy(crops).permute(0, 3, 1, 2).to(device, dtype) / 255.0
+            eps = _predict_noise(pipe, inp, t, hint, pos, neg, guidance_scale, controlnet_scale)
+            calls += 1
+            for i, w in enumerate(batch):
+                r, c = w.row // f, w.col // f
+                acc[:, :, r:r + lt, c:c + lt] += eps[i:i + 1] * plan.w_lat
+                wsum[:, :, r:r + lt, c:c + lt] += plan.w_lat
+            progress.advance(len(batch))
+        latents = sched.step(acc / wsum, t, latents, return_dict=False)[0]
+    return latents, calls
+
+
+def _decode_rows(pipe: Any, latents: torch.Tensor, plan: _Plan, decode_batch_size: int,
+                 write_rows: Callable[[int, np.ndarray], None], progress: _Progress) -> None:
+    """Tiled VAE decoding a row of windows at a time; rows above the next row's start are final.
+
+    The blended strip holds only the rows still unfinished, so the image is never held whole.
+    """
+    vae, tile, width = pipe.vae, plan.tile, plan.width
+    scale = vae.config.scaling_factor
+    rows = sorted({w.row for w in plan.windows})
+    strip_top, strip = 0, np.zeros((0, width, 3), np.float32)
+    strip_w = np.zeros((0, width, 1), np.float32)
+    for ri, row in enumerate(rows):
+        need = row + tile - strip_top
+        if strip.shape[0] < need:  # grow the strip downwards
+            extra = need - strip.shape[0]
+            strip = np.concatenate([strip, np.zeros((extra, width, 3), np.float32)])
+            strip_w = np.concatenate([strip_w, np.zeros((extra, width, 1), np.float32)])
+        row_wins = [w for w in plan.windows if w.row == row]
+        for batch in _batches(row_wins, decode_batch_size):
+            lat = plan.latent_crops(latents, batch)
+            pix = vae.decode((lat / scale).to(vae.dtype), return_dict=False)[0].float()
+            pix = ((pix.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+            for i, w in enumerate(batch):
+                y = w.row - strip_top
+                strip[y:y + tile, w.col:w.col + tile] += pix[i] * plan.w_pix
+                strip_w[y:y + tile, w.col:w.col + tile] += plan.w_pix
+            progress.advance(len(batch))
+        final_to = rows[ri + 1] if ri + 1 < len(rows) else plan.height  # absolute row where unfinished begins
+        n = final_to - strip_top
+        out = strip[:n] / np.maximum(strip_w[:n], 1e-8)
+        write_rows(strip_top, np.clip(np.rint(out * 255), 0, 255).astype(np.uint8))
+        strip, strip_w, strip_top = strip[n:], strip_w[n:], final_to
 
 
 @torch.no_grad()
@@ -148,7 +301,7 @@ def generate_tiled(
         pipe: a StableDiffusionControlNetPipeline. Only its weights are used: the call builds
             its own scheduler from `pipe.scheduler`'s class and config and keeps every buffer
             to itself, so threads may share one pipeline (the app's sessions do).
-        codes: (H, W) FLAIR codes; H and W multiples of 8 and >= tile.
+        codes: (H, W) FLAIR codes; H and W multiples of `VAE_FACTOR` and >= tile.
         prompt: the caption.
         write_rows: called as write_rows(row0, rgb) with finished rows (uint8, (h, W, 3)),
             top to bottom, each row exactly once.
@@ -158,110 +311,34 @@ def generate_tiled(
         controlnet_scale: ControlNet conditioning scale.
         seed: run seed; the noise of each latent block derives from it and the block position.
         tile: window size in pixels (the model's resolution).
-        overlap: window overlap in pixels (multiple of 8); 0 is naive tiling.
+        overlap: window overlap in pixels (multiple of `VAE_FACTOR`); 0 is naive tiling.
         batch_size: windows per UNet/ControlNet call.
         decode_batch_size: windows per VAE decoder call (the decoder's activations at full
             resolution dominate peak memory, so it gets its own, smaller batch).
         progress: called as progress(done, total) over (steps + 1) * windows units.
+
+    Raises:
+        TilingError: sizes that are not multiples of `VAE_FACTOR`, a grid smaller than the
+            tile, or an overlap outside [0, tile).
     """
     # 1. Grid, windows and weights (pixels and latents).
-    height, width = codes.shape
-    if height % VAE_FACTOR or width % VAE_FACTOR or tile % VAE_FACTOR or overlap % VAE_FACTOR:
-        raise ValueError(f"sizes must be multiples of {VAE_FACTOR} (grid {width}x{height}, tile {tile}, "
-                         f"overlap {overlap})")
-    if height < tile or width < tile:
-        raise ValueError(f"grid {width}x{height} is smaller than the tile {tile}; pad it first")
-    wins = windows_for(height, width, tile, overlap)
-    f = int(pipe.vae_scale_factor)  # pixels per latent cell
-    lt, lo = tile // f, overlap // f
-    device, dtype = pipe.unet.device, pipe.unet.dtype
-    w_lat = torch.from_numpy(ramp(lt, lo)).to(device, torch.float32)[None, None]
-    w_pix = ramp(tile, overlap)[..., None]
-
-    # 2. Text embeddings, once. A fast tokenizer sets its padding/truncation on the shared
-    #    backend before each call (diffusers calls it with two settings), so threads take turns.
-    do_cfg = guidance_scale > 1.0
-    with _PROMPT_LOCK:
-        pos, neg = pipe.encode_prompt(prompt, device, 1, do_cfg, negative_prompt or None)
-
-    # 3. Initial noise for the whole latent, per block.
-    # A multistep scheduler keeps the history of its steps: one per call, never the shared one.
-    sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
-    sched.set_timesteps(steps, device=device)
-    latents = initial_noise(seed, height // f, width // f, lt, int(pipe.unet.config.in_channels)).to(device, torch.float32)
-    latents = latents * sched.init_noise_sigma
-
-    total, done, calls = (steps + 1) * len(wins), 0, 0
-
-    hint_rgb = codes_to_hint(codes)  # once: 3 bytes per pixel, sliced per window below
-
-    def hint_batch(batch: list[Window]) -> torch.Tensor:
-        crops = np.stack([hint_rgb[w.row:w.row + tile, w.col:w.col + tile] for w in batch])
-        return torch.from_numpy(crops).permute(0, 3, 1, 2).to(device, dtype) / 255.0
-
+    plan = _plan(pipe, *codes.shape, tile, overlap)
+    # 2. Text embeddings, once (no negative embedding without guidance).
+    pos, neg = _encode_text(pipe, prompt, negative_prompt, do_cfg=guidance_scale > 1.0)
+    # 3. A scheduler of this call's own, and the initial noise for the whole latent, per block.
+    sched, latents = _initial_latents(pipe, plan, seed, steps)
+    ticks = _Progress(total=(steps + 1) * len(plan.windows), callback=progress)
     # 4. Denoise: blend every window's noise prediction, then one scheduler step.
-    for t in sched.timesteps:
-        acc = torch.zeros_like(latents)
-        wsum = torch.zeros_like(latents[:, :1])
-        for batch in _batches(wins, batch_size):
-            crop = torch.cat([latents[:, :, w.row // f:w.row // f + lt, w.col // f:w.col // f + lt] for w in batch])
-            inp = sched.scale_model_input(crop, t).to(dtype)
-            hint = hint_batch(batch)
-            text = pos.repeat(len(batch), 1, 1)
-            if do_cfg:
-                inp, hint = torch.cat([inp, inp]), torch.cat([hint, hint])
-                text = torch.cat([neg.repeat(len(batch), 1, 1), text])
-            down, mid = pipe.controlnet(inp, t, encoder_hidden_states=text, controlnet_cond=hint,
-                                        conditioning_scale=controlnet_scale, return_dict=False)
-            eps = pipe.unet(inp, t, encoder_hidden_states=text, down_block_additional_residuals=down,
-                            mid_block_additional_residual=mid, return_dict=False)[0].float()
-            if do_cfg:
-                uncond, cond = eps.chunk(2)
-                eps = uncond + guidance_scale * (cond - uncond)
-            calls += 1
-            for i, w in enumerate(batch):
-                r, c = w.row // f, w.col // f
-                acc[:, :, r:r + lt, c:c + lt] += eps[i:i + 1] * w_lat
-                wsum[:, :, r:r + lt, c:c + lt] += w_lat
-            done += len(batch)
-            if progress:
-                progress(done, total)
-        latents = sched.step(acc / wsum, t, latents, return_dict=False)[0]
-
-    # 5. Tiled decoding, a row of windows at a time; rows above the next row's start are final.
-    vae = pipe.vae
-    scale = vae.config.scaling_factor
-    rows = sorted({w.row for w in wins})
-    strip_top, strip = 0, np.zeros((0, width, 3), np.float32)
-    strip_w = np.zeros((0, width, 1), np.float32)
-    for ri, row in enumerate(rows):
-        need = row + tile - strip_top
-        if strip.shape[0] < need:  # grow the strip downwards
-            extra = need - strip.shape[0]
-            strip = np.concatenate([strip, np.zeros((extra, width, 3), np.float32)])
-            strip_w = np.concatenate([strip_w, np.zeros((extra, width, 1), np.float32)])
-        row_wins = [w for w in wins if w.row == row]
-        for batch in _batches(row_wins, decode_batch_size):
-            lat = torch.cat([latents[:, :, w.row // f:w.row // f + lt, w.col // f:w.col // f + lt] for w in batch])
-            pix = vae.decode((lat / scale).to(vae.dtype), return_dict=False)[0].float()
-            pix = ((pix.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
-            for i, w in enumerate(batch):
-                y = w.row - strip_top
-                strip[y:y + tile, w.col:w.col + tile] += pix[i] * w_pix
-                strip_w[y:y + tile, w.col:w.col + tile] += w_pix
-            done += len(batch)
-            if progress:
-                progress(done, total)
-        final_to = rows[ri + 1] if ri + 1 < len(rows) else height  # absolute row where unfinished begins
-        n = final_to - strip_top
-        out = strip[:n] / np.maximum(strip_w[:n], 1e-8)
-        write_rows(strip_top, np.clip(np.rint(out * 255), 0, 255).astype(np.uint8))
-        strip, strip_w, strip_top = strip[n:], strip_w[n:], final_to
-    return TiledResult(windows=len(wins), model_calls=calls, height=height, width=width)
+    hint_rgb = codes_to_hint(codes)  # once: 3 bytes per pixel, sliced per window
+    latents, calls = _denoise(pipe, sched, latents, plan, hint_rgb, pos, neg, guidance_scale, controlnet_scale,
+                              batch_size, ticks)
+    # 5. Tiled decoding, streaming finished rows to `write_rows`.
+    _decode_rows(pipe, latents, plan, decode_batch_size, write_rows, ticks)
+    return TiledResult(windows=len(plan.windows), model_calls=calls, height=plan.height, width=plan.width)
 
 
 def pad_to_tile(codes: np.ndarray, tile: int) -> np.ndarray:
-    """Pad (bottom, right) to multiples of 8 and at least one tile, replicating edges."""
+    """Pad (bottom, right) to multiples of `VAE_FACTOR` and at least one tile, replicating edges."""
     h, w = codes.shape
     ph = max(tile, -(-h // VAE_FACTOR) * VAE_FACTOR) - h
     pw = max(tile, -(-w // VAE_FACTOR) * VAE_FACTOR) - w
@@ -289,11 +366,15 @@ def regional_edit(pipe: Any, image: np.ndarray, codes: np.ndarray, known: np.nda
     fades out linearly with the distance to the region; farther pixels are copied as they are.
     Codes are needed around the region too: where `known` is False they are taken from the
     nearest known pixel. Returns the new image and the changed box (col0, row0, col1, row1).
+
+    Raises:
+        TilingError: an empty `region`, or sizes `generate_tiled` refuses.
     """
     from scipy import ndimage
 
     if not region.any():
-        raise ValueError("the edit region is empty")
+        raise TilingError(f"the edit region is empty (no True pixel in a {region.shape[1]}x{region.shape[0]} "
+                          "mask): paint the area to regenerate")
     # 1. Blend weights.
     dist = ndimage.distance_transform_edt(~region)
     alpha = np.where(dist <= margin, np.clip(1.0 - dist / (margin + 1), 0.0, 1.0), 0.0)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from seg2sat.data.dataset import load_rgb, read_manifest, tokenize
 from seg2sat.models import build_tiny_components, save_pipeline_parts
+from seg2sat.tiling import VAE_FACTOR
 
 log = logging.getLogger(__name__)
 # Noise levels at which the held-out denoising loss is reported (high t decides the layout).
@@ -84,8 +85,8 @@ def _images(prepared_dir: Path, split: str) -> tuple[torch.Tensor, list[str]]:
 def _random_crops(images: torch.Tensor, k: int, size: int, g: torch.Generator) -> torch.Tensor:
     idx = torch.randint(0, len(images), (k,), generator=g)
     h, w = images.shape[-2:]
-    ys = torch.randint(0, h - size + 1, (k,), generator=g) // 8 * 8
-    xs = torch.randint(0, w - size + 1, (k,), generator=g) // 8 * 8
+    ys = torch.randint(0, h - size + 1, (k,), generator=g) // VAE_FACTOR * VAE_FACTOR
+    xs = torch.randint(0, w - size + 1, (k,), generator=g) // VAE_FACTOR * VAE_FACTOR
     return torch.stack([images[i, :, y : y + size, x : x + size] for i, y, x in zip(idx, ys, xs, strict=True)])
 
 

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from seg2sat.atomic import TMP_PREFIX, write_json, write_text
+from seg2sat.atomic import TMP_PREFIX, atomic_dir, write_json, write_text
 from seg2sat.data.augment import cache_safe
 from seg2sat.data.dataset import (
     LatentCache,
@@ -126,7 +126,8 @@ def save_checkpoint(accelerator: Any, controlnet: Any, state: TrainState, run_di
 
 
 def _sweep_checkpoint_tmp(run_dir: Path) -> None:
-    for p in (run_dir / "checkpoints").glob(f"{TMP_PREFIX}*"):
+    """Remove the half-written checkpoint and validation folders a killed run left."""
+    for p in [*(run_dir / "checkpoints").glob(f"{TMP_PREFIX}*"), *(run_dir / "validation").glob(f"{TMP_PREFIX}*")]:
         shutil.rmtree(p, ignore_errors=True)
 
 
@@ -314,13 +315,11 @@ def validate(accelerator: Any, comps: Components, controlnet: Any, cfg: DictConf
         return None
     gathered = sorted(gathered, key=lambda t: t[0])
     out = run_dir / "validation" / f"step-{step}"
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, hint, image in gathered:
-        Image.fromarray(image).save(out / f"{i:02d}.png")
-        rows.append(np.concatenate([hint, image], axis=0))
-    grid = np.concatenate(rows, axis=1)
-    Image.fromarray(grid).save(out / "grid.png")
+    grid = np.concatenate([np.concatenate([hint, image], axis=0) for _, hint, image in gathered], axis=1)
+    with atomic_dir(out, overwrite=True) as tmp:  # the step's folder appears whole, or not at all
+        for i, _, image in gathered:
+            Image.fromarray(image).save(tmp / f"{i:02d}.png")
+        Image.fromarray(grid).save(tmp / "grid.png")
     for tracker in accelerator.trackers:
         if tracker.name == "wandb":
             import wandb
@@ -345,137 +344,234 @@ def _dataloader(ds: PreparedDataset, cfg: DictConfig, epoch: int, start_batch: i
                       pin_memory=accelerator.device.type == "cuda" and bool(cfg.pin_memory))
 
 
-def train(cfg: DictConfig) -> TrainResult:
-    """Fine-tune a ControlNet as configured by `conf/train.yaml`."""
-    from accelerate.utils import set_seed
-    from diffusers.optimization import get_scheduler
-    from tqdm.auto import tqdm
+@dataclass
+class _Trainables:
+    """The prepared (possibly DDP-wrapped) model, optimizer and lr schedule.
 
-    run_dir = Path(cfg.run_dir)
-    # 1. Accelerator and seeds.
-    accelerator = _accelerator(cfg, run_dir)
-    set_seed(int(cfg.seed))
-    # 2. Frozen base in the weight dtype; trainable ControlNet in fp32. The config saved with
-    #    the run records the base actually loaded (export copies exactly that one).
-    weight_dtype = _weight_dtype(str(cfg.mixed_precision))
-    comps = load_components(cfg.model, dtype=weight_dtype, device=accelerator.device)
+    `train` holds them only here, so `_teardown` can drop the last references between barriers.
+    """
+
+    controlnet: Any
+    optimizer: Any
+    lr_scheduler: Any
+
+
+@dataclass
+class _Meter:
+    """Loss and throughput since the last log, and the samples this rank has seen."""
+
+    loss_sum: torch.Tensor  # on the device: summed without a host sync
+    loss_count: int = 0
+    samples: int = 0  # over all ranks, since the last log
+    t_start: float = field(default_factory=time.perf_counter)
+    last_loss: float | None = None
+    samples_per_s: float | None = None
+    seen: list[tuple[int, int]] = field(default_factory=list)
+
+    def add(self, loss: torch.Tensor, batch: dict[str, Any], world: int) -> None:
+        """Count one micro-batch of this rank."""
+        self.seen.extend(zip(batch["epoch"].tolist(), batch["index"].tolist(), strict=True))
+        self.loss_sum += loss.detach()
+        self.loss_count += 1
+        self.samples += len(batch["index"]) * world
+
+    def restart(self) -> None:
+        """Start a new logging interval."""
+        self.loss_sum.zero_()
+        self.loss_count, self.t_start, self.samples = 0, time.perf_counter(), 0
+
+
+def _due(step: int, every: int, max_steps: int) -> bool:
+    """Periodic work runs every `every` steps and after the last one."""
+    return step % every == 0 or step == max_steps
+
+
+def _init_run_dir(accelerator: Any, cfg: DictConfig, run_dir: Path, resolved_base: str) -> None:
+    """Main process: create the run folder, sweep killed runs' temp checkpoints, save the config.
+
+    The saved config records the base actually loaded (export copies exactly that one).
+    """
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "checkpoints").mkdir(exist_ok=True)
         _sweep_checkpoint_tmp(run_dir)
         saved = OmegaConf.to_container(cfg, resolve=True)
-        saved["resolved_base"] = comps.base
+        saved["resolved_base"] = resolved_base
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(saved)))
     accelerator.wait_for_everyone()
+
+
+def _trainable_controlnet(cfg: DictConfig, comps: Components) -> Any:
+    """The ControlNet to train, in fp32, with PyTorch's fused attention in it and the UNet."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
     controlnet = build_controlnet(cfg.model, comps.unet, comps.vae).float().train()
     if cfg.gradient_checkpointing:
         controlnet.enable_gradient_checkpointing()
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
     controlnet.set_attn_processor(AttnProcessor2_0())
     comps.unet.set_attn_processor(AttnProcessor2_0())
+    return controlnet
 
-    # 3. Data, through the latent cache when enabled.
+
+def _train_dataset(cfg: DictConfig, comps: Components, accelerator: Any) -> PreparedDataset:
+    """The train split, reading latents and text embeddings from the cache when enabled."""
     cache = None
     if cfg.cache_latents:
         if not cache_safe(cfg.augment):
             raise Seg2SatError("cache_latents=true allows only flips and rot90 augmentations "
                                f"(got {OmegaConf.to_container(cfg.augment)}); set cache_latents=false")
+        # The main process builds it (once, for all runs on this data); the others then load it.
         if accelerator.is_main_process:
             LatentCache.build_or_load(cfg.prepared_dir, "train", comps, int(cfg.resolution), accelerator.device)
         accelerator.wait_for_everyone()
         cache, _ = LatentCache.build_or_load(cfg.prepared_dir, "train", comps, int(cfg.resolution),
                                              accelerator.device, is_main=False)
-    ds = PreparedDataset(cfg.prepared_dir, "train", resolution=int(cfg.resolution), tokenizer=comps.tokenizer,
-                         augment=cfg.augment, seed=int(cfg.seed), empty_prompt_prob=float(cfg.empty_prompt_prob),
-                         cache=cache)
+    return PreparedDataset(cfg.prepared_dir, "train", resolution=int(cfg.resolution), tokenizer=comps.tokenizer,
+                           augment=cfg.augment, seed=int(cfg.seed), empty_prompt_prob=float(cfg.empty_prompt_prob),
+                           cache=cache)
 
-    # 4. Optimizer and lr schedule (in optimizer steps, times processes as accelerate counts).
+
+def _prepare_trainables(cfg: DictConfig, controlnet: Any, accelerator: Any) -> _Trainables:
+    """Optimizer and lr schedule, then all three prepared by accelerate (DDP, mixed precision)."""
+    from diffusers.optimization import get_scheduler
+
     optimizer = _optimizer(cfg, param_groups(controlnet, float(cfg.learning_rate), float(cfg.zero_conv_lr_scale)))
+    # Counted in optimizer steps times processes, as accelerate steps a prepared scheduler.
     lr_scheduler = get_scheduler(str(cfg.lr_scheduler), optimizer,
                                  num_warmup_steps=int(cfg.lr_warmup_steps) * accelerator.num_processes,
                                  num_training_steps=int(cfg.max_steps) * accelerator.num_processes)
-    controlnet, optimizer, lr_scheduler = accelerator.prepare(controlnet, optimizer, lr_scheduler)
+    return _Trainables(*accelerator.prepare(controlnet, optimizer, lr_scheduler))
 
-    # 5. Resume.
-    state = TrainState()
-    ckpt = resolve_resume(run_dir, cfg.resume)
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        state = TrainState(**json.loads((ckpt / "trainer_state.json").read_text()))
-        log.info("train: resumed from %s at step %d", ckpt, state.global_step)
-    if accelerator.is_main_process:
-        accelerator.init_trackers(str(cfg.logger.project), config=_flat_config(cfg))
 
-    # 6. Loop: epochs of this rank's batches, optimizer steps every `gradient_accumulation_steps`.
+def _resume(accelerator: Any, run_dir: Path, resume: str | None) -> TrainState:
+    """Load the checkpoint `resume` names (model, optimizer, RNG states) and its position."""
+    ckpt = resolve_resume(run_dir, resume)
+    if ckpt is None:
+        return TrainState()
+    accelerator.load_state(str(ckpt))
+    state = TrainState(**json.loads((ckpt / "trainer_state.json").read_text()))
+    log.info("train: resumed from %s at step %d", ckpt, state.global_step)
+    return state
+
+
+def _micro_step(batch: dict[str, Any], cfg: DictConfig, accelerator: Any, comps: Components, tr: _Trainables,
+                gen: torch.Generator, weight_dtype: torch.dtype) -> torch.Tensor:
+    """Forward and backward of one micro-batch; the optimizer steps only when gradients sync."""
+    with accelerator.accumulate(tr.controlnet):
+        loss = compute_loss(batch, comps, tr.controlnet, gen, weight_dtype, str(cfg.timestep_sampling))
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and cfg.max_grad_norm:
+            accelerator.clip_grad_norm_(tr.controlnet.parameters(), float(cfg.max_grad_norm))
+        tr.optimizer.step()
+        tr.lr_scheduler.step()
+        tr.optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+def _log_interval(accelerator: Any, meter: _Meter, state: TrainState, lr_scheduler: Any, bar: Any) -> None:
+    """Synchronise the loss with the host (only here) and log it with throughput and memory."""
+    mean_loss = accelerator.reduce(meter.loss_sum / max(1, meter.loss_count), reduction="mean").item()
+    dt = time.perf_counter() - meter.t_start
+    meter.samples_per_s = meter.samples / dt if dt > 0 else None
+    meter.last_loss = mean_loss
+    logs = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "samples_per_s": meter.samples_per_s,
+            "peak_memory_mb": _peak_memory_mb(accelerator.device), "epoch": state.epoch}
+    accelerator.log(logs, step=state.global_step)
+    bar.set_postfix(loss=f"{mean_loss:.4f}")
+    if not math.isfinite(mean_loss):
+        raise Seg2SatError(f"loss became {mean_loss} at step {state.global_step}; lower the learning rate")
+    meter.restart()
+
+
+def _after_optimizer_step(cfg: DictConfig, accelerator: Any, comps: Components, tr: _Trainables,
+                          state: TrainState, meter: _Meter, run_dir: Path, bar: Any) -> None:
+    """Log, checkpoint and validate when each is due."""
+    step, max_steps = state.global_step, int(cfg.max_steps)
+    if _due(step, int(cfg.log_every), max_steps):
+        _log_interval(accelerator, meter, state, tr.lr_scheduler, bar)
+    if _due(step, int(cfg.checkpointing_steps), max_steps):
+        save_checkpoint(accelerator, tr.controlnet, state, run_dir, cfg.checkpoints_total_limit)
+    if cfg.validation_steps and _due(step, int(cfg.validation_steps), max_steps):
+        validate(accelerator, comps, tr.controlnet, cfg, run_dir, step)
+
+
+def _train_loop(cfg: DictConfig, accelerator: Any, comps: Components, tr: _Trainables, ds: PreparedDataset,
+                state: TrainState, weight_dtype: torch.dtype, run_dir: Path) -> _Meter:
+    """Epochs of this rank's batches from `state` on, an optimizer step every `accum` micro-batches."""
+    from tqdm.auto import tqdm
+
     max_steps, accum = int(cfg.max_steps), int(cfg.gradient_accumulation_steps)
     batches_per_epoch = len(ds) // (accelerator.num_processes * int(cfg.batch_size))
     bar = tqdm(total=max_steps, initial=state.global_step, desc="train", disable=not accelerator.is_main_process)
-    loss_sum = torch.zeros((), device=accelerator.device)
-    loss_count, last_loss, sps, seen, micro = 0, None, None, [], 0
-    t_log, samples_log = time.perf_counter(), 0
-    checkpoints: list[Path] = []
+    meter = _Meter(loss_sum=torch.zeros((), device=accelerator.device))
+    micro = 0  # micro-batches since the last optimizer step
     while state.global_step < max_steps:
-        loader = _dataloader(ds, cfg, state.epoch, state.batch_in_epoch, accelerator)
-        for batch in loader:
+        for batch in _dataloader(ds, cfg, state.epoch, state.batch_in_epoch, accelerator):
             gen = _step_generator(int(cfg.seed), state.global_step * accum + micro,
                                   accelerator.process_index, accelerator.device)
             micro += 1
-            with accelerator.accumulate(controlnet):
-                loss = compute_loss(batch, comps, controlnet, gen, weight_dtype, str(cfg.timestep_sampling))
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(controlnet.parameters(), float(cfg.max_grad_norm))
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            seen.extend(zip(batch["epoch"].tolist(), batch["index"].tolist(), strict=True))
-            loss_sum += loss.detach()
-            loss_count += 1
+            loss = _micro_step(batch, cfg, accelerator, comps, tr, gen, weight_dtype)
+            meter.add(loss, batch, accelerator.num_processes)
             state.batch_in_epoch += 1
-            samples_log += len(batch["index"]) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             micro = 0
             state.global_step += 1
             state.samples_seen += int(cfg.batch_size) * accum * accelerator.num_processes
             bar.update(1)
-            # Host sync only here, every `log_every` steps.
-            if state.global_step % int(cfg.log_every) == 0 or state.global_step == max_steps:
-                mean_loss = accelerator.reduce(loss_sum / max(1, loss_count), reduction="mean").item()
-                dt = time.perf_counter() - t_log
-                sps = samples_log / dt if dt > 0 else None
-                last_loss = mean_loss
-                logs = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "samples_per_s": sps,
-                        "peak_memory_mb": _peak_memory_mb(accelerator.device), "epoch": state.epoch}
-                accelerator.log(logs, step=state.global_step)
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
-                if not math.isfinite(mean_loss):
-                    raise Seg2SatError(f"loss became {mean_loss} at step {state.global_step}; lower the learning rate")
-                loss_sum.zero_()
-                loss_count, t_log, samples_log = 0, time.perf_counter(), 0
-            if state.global_step % int(cfg.checkpointing_steps) == 0 or state.global_step == max_steps:
-                checkpoints.append(save_checkpoint(accelerator, controlnet, state, run_dir,
-                                                   cfg.checkpoints_total_limit))
-            if cfg.validation_steps and (state.global_step % int(cfg.validation_steps) == 0
-                                         or state.global_step == max_steps):
-                validate(accelerator, comps, controlnet, cfg, run_dir, state.global_step)
+            _after_optimizer_step(cfg, accelerator, comps, tr, state, meter, run_dir, bar)
             if state.global_step >= max_steps:
                 break
         if state.batch_in_epoch >= batches_per_epoch:
             state.epoch += 1
             state.batch_in_epoch = 0
     bar.close()
-    if last_loss is None and loss_count:
-        last_loss = float((loss_sum / loss_count).item())
-    # 7. Orderly end: the DDP wrapper and its gradient hooks are freed while every rank is here
-    #    (a rank tearing them down after another has left was seen to stall on CPU/gloo).
-    trained = accelerator.unwrap_model(controlnet)
+    if meter.last_loss is None and meter.loss_count:
+        meter.last_loss = float((meter.loss_sum / meter.loss_count).item())
+    return meter
+
+
+def _teardown(accelerator: Any, tr: _Trainables) -> Any:
+    """End training on every rank together; returns the trained model, unwrapped.
+
+    The DDP wrapper and its gradient hooks are freed while every rank is here (a rank tearing
+    them down after another has left was seen to stall on CPU/gloo): `tr` holds the last
+    references, dropped between the two barriers.
+    """
+    trained = accelerator.unwrap_model(tr.controlnet)
     accelerator.wait_for_everyone()
-    del controlnet, optimizer, lr_scheduler
+    tr.controlnet = tr.optimizer = tr.lr_scheduler = None
     accelerator.free_memory()
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(run_dir=run_dir, global_step=state.global_step, last_loss=last_loss,
-                       checkpoints=list_checkpoints(run_dir), samples_per_s=sps,
-                       peak_memory_mb=_peak_memory_mb(accelerator.device), seen=seen, controlnet=trained)
+    return trained
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    """Fine-tune a ControlNet as configured by `conf/train.yaml`."""
+    from accelerate.utils import set_seed
+
+    run_dir = Path(cfg.run_dir)
+    # 1. Accelerator and seeds.
+    accelerator = _accelerator(cfg, run_dir)
+    set_seed(int(cfg.seed))
+    # 2. Frozen base in the weight dtype, the run folder, the trainable ControlNet in fp32.
+    weight_dtype = _weight_dtype(str(cfg.mixed_precision))
+    comps = load_components(cfg.model, dtype=weight_dtype, device=accelerator.device)
+    _init_run_dir(accelerator, cfg, run_dir, comps.base)
+    controlnet = _trainable_controlnet(cfg, comps)
+    # 3. Data, through the latent cache when enabled.
+    ds = _train_dataset(cfg, comps, accelerator)
+    # 4. Optimizer and lr schedule, prepared with the model.
+    tr = _prepare_trainables(cfg, controlnet, accelerator)
+    # 5. Resume, then trackers (main process).
+    state = _resume(accelerator, run_dir, cfg.resume)
+    if accelerator.is_main_process:
+        accelerator.init_trackers(str(cfg.logger.project), config=_flat_config(cfg))
+    # 6. Loop.
+    meter = _train_loop(cfg, accelerator, comps, tr, ds, state, weight_dtype, run_dir)
+    # 7. Orderly end on every rank.
+    trained = _teardown(accelerator, tr)
+    return TrainResult(run_dir=run_dir, global_step=state.global_step, last_loss=meter.last_loss,
+                       checkpoints=list_checkpoints(run_dir), samples_per_s=meter.samples_per_s,
+                       peak_memory_mb=_peak_memory_mb(accelerator.device), seen=meter.seen, controlnet=trained)

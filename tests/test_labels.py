@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from seg2sat import labels
+from seg2sat.errors import LegendError
 
 
 def _readme_legend(flair_samples):
@@ -39,6 +40,47 @@ def test_names_and_codes_lookup():
         labels.class_name(20)
     with pytest.raises(KeyError, match="'road' is not a FLAIR class name"):
         labels.code_of("road")
+
+
+def test_codes_are_contiguous_so_in_legend_is_a_range_check():
+    assert labels.CODES == tuple(range(labels.MIN_CODE, labels.MAX_CODE + 1))
+    assert labels.OTHER_CODE == 19 and labels.class_name(labels.OTHER_CODE) == "other"
+
+
+def test_check_codes_passes_legend_codes_through_unchanged():
+    codes = np.arange(1, 20, dtype=np.uint8).reshape(1, 19)
+    out = labels.check_codes(codes, "m.tif")
+    assert out is codes
+    np.testing.assert_array_equal(out, np.arange(1, 20).reshape(1, 19))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64])
+def test_check_codes_rejects_0_and_20_naming_source_values_and_counts(dtype):
+    codes = np.full((4, 4), 5, dtype)
+    codes[0, :3] = 0
+    codes[3, 3] = 20
+    with pytest.raises(LegendError, match=r"^mask.tif: codes outside the FLAIR legend 1..19 \(0: 3 px, 20: 1 px\)$"):
+        labels.check_codes(codes, "mask.tif")
+    with pytest.raises(LegendError, match=r"^codes outside the FLAIR legend 1..19 \(20: 1 px\)$"):
+        labels.check_codes(np.array([1, 20, 19], dtype))
+
+
+def test_check_codes_rejects_non_integer_dtypes():
+    with pytest.raises(LegendError, match=r"^x.png: class codes must be integers, got dtype float32$"):
+        labels.check_codes(np.ones((2, 2), np.float32), "x.png")
+
+
+def test_in_legend_accepts_whole_codes_of_any_dtype():
+    assert labels.in_legend(np.array([0, 1, 19, 20, 255], np.uint8)).tolist() == [False, True, True, False, False]
+    assert labels.in_legend(np.array([-1.0, 1.0, 5.5, 19.0, np.nan])).tolist() == [False, True, False, True, False]
+    assert bool(labels.in_legend(7.0)) and not bool(labels.in_legend(7.5))
+
+
+def test_describe_counts_most_frequent_first_then_by_value():
+    values = np.array([42, 0, 0, 0, 7, 7, 3, 3])
+    assert labels.describe_counts(values) == "0: 3 px, 3: 2 px, 7: 2 px, 42: 1 px"
+    assert labels.describe_counts(values, limit=2) == "0: 3 px, 3: 2 px"
+    assert labels.describe_counts(np.array([2.5, 2.5])) == "2.5: 2 px"
 
 
 def test_class_shares_sorted_by_share_and_masked():

@@ -1,6 +1,5 @@
 """Model loading (tiny preset, folders, safetensors only, offline errors) and one-tile generation."""
 
-import json
 
 import numpy as np
 import pytest
@@ -9,7 +8,6 @@ import torch
 from seg2sat.errors import LegendError, ModelError
 from seg2sat.hints import codes_to_hint
 from seg2sat.models import (
-    MODEL_INFO,
     build_controlnet,
     build_tiny_components,
     load_components,
@@ -98,13 +96,21 @@ def test_missing_weights_offline_say_what_to_do(tmp_path, monkeypatch):
         load_pipeline("rgres/Seg2Sat-sd-controlnet")
 
 
-def test_sampling_defaults_come_from_the_model_folder(tmp_path):
-    from seg2sat.models import DEFAULT_SAMPLING, sampling_defaults
+def test_recommended_sampling_comes_from_the_model_info():
+    from seg2sat.models import DEFAULT_SAMPLING, LoadedModel
 
-    assert sampling_defaults(tmp_path / "nowhere") == DEFAULT_SAMPLING
-    assert sampling_defaults("rgres/Seg2Sat-sd-controlnet") == DEFAULT_SAMPLING
-    (tmp_path / MODEL_INFO).write_text(json.dumps({"base_model": "base", "sampling": {"guidance_scale": 1.0}}))
-    assert sampling_defaults(tmp_path) == {"guidance_scale": 1.0, "controlnet_scale": 1.0}
+    assert LoadedModel(None, 64, {}, "x").recommended_sampling == DEFAULT_SAMPLING
+    info = {"base_model": "base", "sampling": {"guidance_scale": 1.0}}
+    assert LoadedModel(None, 64, info, "x").recommended_sampling == {"guidance_scale": 1.0, "controlnet_scale": 1.0}
+
+
+def test_load_model_returns_tile_and_info(tmp_path):
+    from seg2sat.models import load_model
+
+    tiny = load_model("tiny-random")
+    assert tiny.tile == 64 and tiny.info == {} and tiny.source == "tiny-random"
+    with pytest.raises(ModelError, match="scheduler=lcm needs its distillation LoRA"):
+        load_model("tiny-random", scheduler="lcm")
 
 
 def test_controlnet_hint_encoder_matches_the_vae_factor():

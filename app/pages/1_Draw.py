@@ -13,7 +13,7 @@ size = int(cfg.app.canvas_size)
 rows = sup.legend_rows()
 
 with st.sidebar:
-    cls = st.selectbox("Class", rows, index=9, format_func=lambda r: f"{r['code']} {r['name']}", key="draw_class")
+    cls = st.selectbox("Class", rows, index=sup.legend_index("herbaceous vegetation"), format_func=lambda r: f"{r['code']} {r['name']}", key="draw_class")
     st.markdown(f"<span style='display:inline-block;width:2em;height:1em;background:{cls['color']}'></span> "
                 f"`{cls['color']}`", unsafe_allow_html=True)
     brush = st.slider("Brush size", 1, 60, 16, key="draw_brush")
@@ -55,14 +55,17 @@ codes, hint, changed = sup.compose_drawing(base, strokes)
 if st.button("Generate", type="primary", key="generate"):
     loaded = ui.require_model()
     if loaded is not None:
-        pipe, tile = loaded
-        prompt = sup.make_prompt(codes, prompt_opts["place"], prompt_opts["style"], prompt_opts["text"])
-        with ui.device_slot("draw"):
-            out = sup.generate(pipe, tile, codes, prompt, progress=ui.progress_bar("Generating"), **sampling)
-        out["hint"] = hint
-        out["georef"] = (base_upload.crs, base_upload.transform, base_upload.codes.shape[::-1]) \
-            if base_upload is not None and base_upload.georeferenced else None
-        st.session_state.setdefault("history", []).insert(0, out)
+        prompt = sup.make_prompt(codes, cfg, **prompt_opts)
+        settings = ui.friendly(ui.settings, loaded, sampling)
+        out = None
+        if settings is not None:
+            with ui.device_slot("draw"):
+                out = ui.friendly(sup.generate, loaded, codes, prompt, settings, progress=ui.progress_bar("Generating"))
+        if out is not None:
+            out["hint"] = hint
+            out["georef"] = (base_upload.crs, base_upload.transform, base_upload.codes.shape[::-1]) \
+                if base_upload is not None and base_upload.georeferenced else None
+            st.session_state.setdefault("history", []).insert(0, out)
 
 history = st.session_state.get("history", [])
 with right:

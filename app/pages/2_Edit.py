@@ -5,13 +5,14 @@ import streamlit as st
 
 from seg2sat import app_support as sup
 from seg2sat import app_ui as ui
+from seg2sat.labels import OTHER_CODE
 
 st.set_page_config(page_title="Seg2Sat - Edit", layout="wide")
 st.title("Edit an aerial image")
 cfg = ui.config()
 rows = sup.legend_rows()
 with st.sidebar:
-    cls = st.selectbox("New land cover", rows, index=4, format_func=lambda r: f"{r['code']} {r['name']}",
+    cls = st.selectbox("New land cover", rows, index=sup.legend_index("water"), format_func=lambda r: f"{r['code']} {r['name']}",
                        key="edit_class")
     brush = st.slider("Brush size", 1, 60, 24, key="edit_brush")
     prompt_opts = ui.prompt_controls("edit")
@@ -43,18 +44,20 @@ if strokes is not None:
 
     strokes = nearest_resize(np.asarray(strokes), h, w)
     painted = strokes[..., 3] > 0
-codes = sup.compose_drawing(np.full((h, w), 19, np.uint8), strokes)[0] if painted.any() else None
+codes = sup.compose_drawing(np.full((h, w), OTHER_CODE, np.uint8), strokes)[0] if painted.any() else None
 
 if st.button("Regenerate the painted area", type="primary", key="regenerate"):
     loaded = ui.require_model()
     if loaded is not None and codes is None:
         st.error("Paint over part of the image first.")
     elif loaded is not None:
-        pipe, tile = loaded
-        prompt = sup.make_prompt(codes[painted][None], prompt_opts["place"], prompt_opts["style"], prompt_opts["text"])
-        with ui.device_slot("edit"):
-            new = ui.friendly(sup.edit, pipe, tile, rgb, codes, painted, prompt, margin=int(cfg.app.edit_margin),
-                              progress=ui.progress_bar("Regenerating"), **sampling)
+        prompt = sup.make_prompt(codes[painted][None], cfg, **prompt_opts)
+        settings = ui.friendly(ui.settings, loaded, sampling)
+        new = None
+        if settings is not None:
+            with ui.device_slot("edit"):
+                new = ui.friendly(sup.edit, loaded, rgb, codes, painted, prompt, settings,
+                                  margin=int(cfg.app.edit_margin), progress=ui.progress_bar("Regenerating"))
         if new is not None:
             st.session_state["edit_result"] = new
             st.session_state["edit_changed"] = int((new != rgb).any(-1).sum())

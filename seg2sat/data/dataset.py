@@ -3,7 +3,8 @@
 Exact resume: the sampler's order depends only on (seed, epoch) and each rank takes a fixed
 slice of it, so resuming at (epoch, batch) replays no batch and skips none. Every random
 choice made for a sample (augmentation, empty prompt) is seeded by (seed, epoch, index): it
-does not depend on which worker or process loads it, nor on what came before.
+does not depend on which worker or process loads it, nor on what came before. An
+`augment.seed` replaces the run seed for the augmentation draws only.
 
 Latent cache (`LatentCache`): the VAE posterior (mean and std) of every image and the text
 embedding of every caption are computed once and stored under `<prepared>/cache/<key>/`.
@@ -27,7 +28,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from seg2sat.atomic import atomic_dir
-from seg2sat.data.augment import build_augment
+from seg2sat.data.augment import build_augment, check_augment
 from seg2sat.errors import DatasetError
 
 
@@ -126,12 +127,14 @@ class PreparedDataset(Dataset):
             raise DatasetError(f"{self.root}: no '{split}' tiles in the manifest")
         self.resolution, self.tokenizer, self.seed = resolution, tokenizer, seed
         self.empty_prompt_prob = float(empty_prompt_prob)
-        self.augment_cfg = dict(augment or {})
+        self.augment_cfg = check_augment(augment)
+        aug_seed = self.augment_cfg.get("seed")
+        self.augment_seed = seed if aug_seed is None else int(aug_seed)
         self.cache = cache
         # Pixel path: albumentations for crops; flips/rot90 go through `dihedral` in both paths
         # so cached and uncached runs draw the same transforms.
-        crop = {k: v for k, v in self.augment_cfg.items() if k == "crop_scale"}
-        self._crop = build_augment(crop, size=resolution) if crop else None
+        crop = self.augment_cfg.get("crop_scale")
+        self._crop = build_augment({"crop_scale": crop}, size=resolution) if crop else None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -150,7 +153,8 @@ class PreparedDataset(Dataset):
         epoch, index = divmod(int(key), len(self.records))
         rec = self.records[index]
         seed = sample_seed(self.seed, epoch, index)
-        k, fh, fv = dihedral_draw(self.augment_cfg, seed)
+        aug_seed = sample_seed(self.augment_seed, epoch, index)
+        k, fh, fv = dihedral_draw(self.augment_cfg, aug_seed)
         empty = bool(np.random.default_rng(seed + 1).random() < self.empty_prompt_prob)
         item: dict[str, Any] = {"index": index, "epoch": epoch, "id": rec["id"], "empty_prompt": empty}
         if self.cache is not None:
@@ -159,7 +163,7 @@ class PreparedDataset(Dataset):
             mean, std, hint = dihedral(k, fh, fv, mean, std, hint)
             item.update(latent_mean=mean, latent_std=std, text_embeds=text, conditioning=hint)
             return item
-        image, hint = self._pixels(rec, seed)
+        image, hint = self._pixels(rec, aug_seed)
         pix = torch.tensor(image).permute(2, 0, 1).float() / 127.5 - 1
         cond = torch.tensor(hint).permute(2, 0, 1).float() / 255
         pix, cond = dihedral(k, fh, fv, pix, cond)

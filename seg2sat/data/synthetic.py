@@ -18,6 +18,7 @@ import numpy as np
 from affine import Affine
 from scipy import ndimage
 
+from seg2sat.labels import code_of
 from seg2sat.raster import FLAIR_CRS, FLAIR_RESOLUTION, write_geotiff
 
 # Domain -> Lambert-93 anchor (x, y) of its tile grid (roughly inside the department).
@@ -32,29 +33,44 @@ DOMAINS: dict[str, tuple[float, float]] = {
 
 # Rendered look of each class: base RGB and texture kind. Base colours are deliberately far
 # from the hint colours (hints are saturated legend colours; photos are muted).
-LOOK: dict[int, tuple[tuple[int, int, int], str]] = {
-    1: ((176, 92, 74), "roof"),        # building: tiled roofs (grey roofs drawn per building)
-    2: ((128, 122, 100), "noise"),     # pervious surface: gravel, dirt tracks
-    3: ((78, 79, 84), "smooth"),       # impervious surface: asphalt
-    4: ((166, 134, 96), "noise"),      # bare soil
-    5: ((38, 66, 96), "water"),        # water
-    6: ((18, 40, 28), "crowns"),       # coniferous (darker than its hint green)
-    7: ((62, 108, 52), "crowns"),      # deciduous
-    8: ((112, 118, 72), "noise"),      # brushwood
-    9: ((104, 120, 64), "rows"),       # vineyard
-    10: ((112, 158, 82), "noise"),     # herbaceous vegetation
-    11: ((196, 184, 116), "rows"),     # agricultural land
-    12: ((142, 110, 82), "furrows"),   # plowed land
-    13: ((70, 172, 204), "smooth"),    # swimming pool
-    14: ((236, 238, 242), "smooth"),   # snow
-    15: ((130, 120, 90), "noise"),     # clear cut
-    16: ((80, 100, 60), "crowns"),     # mixed
-    17: ((90, 130, 70), "crowns"),     # ligneous
-    18: ((222, 226, 232), "rows"),     # greenhouse
-    19: ((96, 96, 96), "noise"),       # other
+LOOK: dict[str, tuple[tuple[int, int, int], str]] = {
+    "building": ((176, 92, 74), "roof"),                # tiled roofs (grey roofs drawn per building)
+    "pervious surface": ((128, 122, 100), "noise"),     # gravel, dirt tracks
+    "impervious surface": ((78, 79, 84), "smooth"),     # asphalt
+    "bare soil": ((166, 134, 96), "noise"),
+    "water": ((38, 66, 96), "water"),
+    "coniferous": ((18, 40, 28), "crowns"),             # darker than its hint green
+    "deciduous": ((62, 108, 52), "crowns"),
+    "brushwood": ((112, 118, 72), "noise"),
+    "vineyard": ((104, 120, 64), "rows"),
+    "herbaceous vegetation": ((112, 158, 82), "noise"),
+    "agricultural land": ((196, 184, 116), "rows"),
+    "plowed land": ((142, 110, 82), "furrows"),
+    "swimming pool": ((70, 172, 204), "smooth"),
+    "snow": ((236, 238, 242), "smooth"),
+    "clear cut": ((130, 120, 90), "noise"),
+    "mixed": ((80, 100, 60), "crowns"),
+    "ligneous": ((90, 130, 70), "crowns"),
+    "greenhouse": ((222, 226, 232), "rows"),
+    "other": ((96, 96, 96), "noise"),
 }
-VEGETATION = {6, 7, 8, 9, 10, 11, 15, 16, 17}
-FIELD_CLASSES = (11, 12, 10, 2, 9)
+_LOOK_BY_CODE: dict[int, tuple[tuple[int, int, int], str]] = {code_of(n): look for n, look in LOOK.items()}
+
+
+def _codes(*names: str) -> tuple[int, ...]:
+    """Legend codes of class names: the scene rules below name classes, never numbers."""
+    return tuple(code_of(n) for n in names)
+
+
+BUILDING, IMPERVIOUS, BARE_SOIL, WATER, POOL, BRUSHWOOD, GREENHOUSE = _codes(
+    "building", "impervious surface", "bare soil", "water", "swimming pool", "brushwood", "greenhouse")
+# Fields and their draw probabilities; forest blobs draw deciduous twice as often as the others.
+FIELD_CLASSES = _codes("agricultural land", "plowed land", "herbaceous vegetation", "pervious surface", "vineyard")
+FIELD_PROBS = (0.3, 0.25, 0.25, 0.1, 0.1)
+FOREST_CLASSES = _codes("deciduous", "coniferous", "deciduous", "mixed")
+VEGETATION = frozenset(_codes("coniferous", "deciduous", "brushwood", "vineyard", "herbaceous vegetation",
+                              "agricultural land", "clear cut", "mixed", "ligneous"))  # bright in NIR
+TALL = _codes("building", "coniferous", "deciduous", "mixed")  # raised in the elevation band
 
 
 @dataclass
@@ -91,43 +107,43 @@ def scene_codes(size: int, rng: np.random.Generator) -> np.ndarray:
     cut_r, cut_c = rng.integers(s // 4, 3 * s // 4, 2)
     for (r0, r1) in ((0, cut_r), (cut_r, s)):
         for (c0, c1) in ((0, cut_c), (cut_c, s)):
-            codes[r0:r1, c0:c1] = rng.choice(FIELD_CLASSES, p=[0.3, 0.25, 0.25, 0.1, 0.1])
+            codes[r0:r1, c0:c1] = rng.choice(FIELD_CLASSES, p=FIELD_PROBS)
     # 2. Forest and brush.
-    codes[_blob((s, s), rng, s / 10)] = rng.choice([7, 6, 7, 16])
+    codes[_blob((s, s), rng, s / 10)] = rng.choice(FOREST_CLASSES)
     if rng.random() < 0.3:
-        codes[_blob((s, s), rng, s / 16) & (rng.random() < 0.9)] = 8
+        codes[_blob((s, s), rng, s / 16) & (rng.random() < 0.9)] = BRUSHWOOD
     # 3. Water: a river band or a pond.
     yy, xx = np.mgrid[0:s, 0:s]
     if rng.random() < 0.5:
         centre = s * rng.uniform(0.2, 0.8) + s * 0.12 * np.sin(xx / s * 2 * np.pi * rng.uniform(0.5, 1.5))
-        codes[np.abs(yy - centre) < s * rng.uniform(0.05, 0.1)] = 5
+        codes[np.abs(yy - centre) < s * rng.uniform(0.05, 0.1)] = WATER
     elif rng.random() < 0.6:
         cy, cx = rng.uniform(0.2, 0.8, 2) * s
         ry, rx = rng.uniform(0.08, 0.18, 2) * s
-        codes[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = 5
+        codes[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = WATER
     # 4. Roads (impervious), then buildings along them, pools beside some buildings.
     width = max(2, s // 24)
     if rng.random() < 0.8:
         r = rng.integers(s // 8, 7 * s // 8)
-        codes[r : r + width, :] = 3
+        codes[r : r + width, :] = IMPERVIOUS
         for _ in range(rng.integers(1, 5)):
             side = -1 if rng.random() < 0.5 else 1
             bh, bw = rng.integers(s // 12, s // 6, 2)
             c = rng.integers(0, s - bw)
             r0 = r - bh - 2 if side < 0 else r + width + 2
             if 0 <= r0 and r0 + bh < s:
-                codes[r0 : r0 + bh, c : c + bw] = 1
+                codes[r0 : r0 + bh, c : c + bw] = BUILDING
                 if rng.random() < 0.4 and c + bw + s // 10 < s:
                     pr = r0 + bh // 4
-                    codes[pr : pr + max(2, bh // 2), c + bw + 1 : c + bw + 1 + max(2, s // 16)] = 13
+                    codes[pr : pr + max(2, bh // 2), c + bw + 1 : c + bw + 1 + max(2, s // 16)] = POOL
     if rng.random() < 0.4:
         c = rng.integers(s // 8, 7 * s // 8)
-        codes[:, c : c + width] = 3
+        codes[:, c : c + width] = IMPERVIOUS
     # 5. Occasional greenhouses and bare soil.
     if rng.random() < 0.15:
-        _rect(codes, rng, 18, s // 10, s // 5)
+        _rect(codes, rng, GREENHOUSE, s // 10, s // 5)
     if rng.random() < 0.2:
-        codes[_blob((s, s), rng, s / 20) & (codes != 3) & (codes != 1)] = 4
+        codes[_blob((s, s), rng, s / 20) & (codes != IMPERVIOUS) & (codes != BUILDING)] = BARE_SOIL
     return codes
 
 
@@ -156,18 +172,18 @@ def render(codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w = codes.shape
     rgb = np.zeros((h, w, 3), np.float32)
     for code in np.unique(codes):
-        base, kind = LOOK[int(code)]
+        base, kind = _LOOK_BY_CODE[int(code)]
         where = codes == code
         tex = _texture(kind, (h, w), rng)[where]
         rgb[where] = np.asarray(base, np.float32)[None] + tex[:, None]
     # Some buildings get grey roofs: per connected building, a coin flip.
-    labels_, n = ndimage.label(codes == 1)
+    labels_, n = ndimage.label(codes == BUILDING)
     for i in range(1, n + 1):
         if rng.random() < 0.4:
             rgb[labels_ == i] = (150, 150, 156) + rng.normal(0, 4, ((labels_ == i).sum(), 1))
     rgb += ndimage.gaussian_filter(rng.normal(0, 4, (h, w)), 4)[..., None]  # lighting
     nir = np.where(np.isin(codes, list(VEGETATION)), 170.0, 60.0) + rng.normal(0, 8, (h, w))
-    elev = 40 + 10 * np.isin(codes, [1, 6, 7, 16]) + rng.normal(0, 1, (h, w))
+    elev = 40 + 10 * np.isin(codes, TALL) + rng.normal(0, 1, (h, w))
     bands = np.concatenate([rgb, nir[..., None], elev[..., None]], axis=-1)
     return np.clip(np.rint(bands), 0, 255).astype(np.uint8).transpose(2, 0, 1)
 

@@ -83,13 +83,8 @@ def write_outputs(out_dir: Path, report: dict[str, Any], judge: Judge, hints: np
 
 def run(cfg: DictConfig) -> EvaluateResult:
     """Score an exported model's fidelity on a prepared dataset's validation maps."""
-    from seg2sat.models import (
-        MODEL_INFO,
-        load_pipeline,
-        load_pipeline_from_base,
-        read_model_info,
-        resolve_device_dtype,
-    )
+    from seg2sat.models import MODEL_INFO, load_model, load_pipeline_from_base, resolve_device_dtype
+    from seg2sat.sampling import Sampling
     from seg2sat.stages.export import record_fidelity
 
     t0 = time.perf_counter()
@@ -105,17 +100,21 @@ def run(cfg: DictConfig) -> EvaluateResult:
         raise ModelError(f"{model_path}: no ControlNet here (expected an exported model folder with "
                          "controlnet/, or a diffusers ControlNet folder); run `seg2sat export`")
     device, dtype = resolve_device_dtype(str(cfg.device), str(cfg.dtype))
-    pipe = load_pipeline(model_path, base=cfg.base_model, device=device, dtype=dtype, scheduler=str(cfg.sampling.scheduler))
+    model = load_model(model_path, base=cfg.base_model, device=device, dtype=dtype,
+                       scheduler=str(cfg.sampling.scheduler))
+    settings = Sampling.from_config(cfg.sampling, model)  # nulls: what the model recommends
+    sampling = {"steps": settings.steps, "guidance_scale": settings.guidance_scale,
+                "controlnet_scale": settings.controlnet_scale, "negative_prompt": settings.negative_prompt,
+                "scheduler": str(cfg.sampling.scheduler)}
     base = cfg.base_model
     if base is None:  # an exported folder (a plain ControlNet needed base_model to load at all)
-        base = read_model_info(model_path)["base_model"]
+        base = model.info["base_model"]
         base = model_path / base if (model_path / base).exists() else base
     floor = (load_pipeline_from_base(base, device=device, scheduler=str(cfg.sampling.scheduler)).to(dtype=dtype)
              if cfg.untrained else None)
     # 3-5. Judge, generation, scores.
     judge, trained_now = load_or_train_judge(prepared, judge_config(cfg.judge))
-    report, generated = fidelity_report(pipe, floor, judge, records, real, codes,
-                                        sampling=OmegaConf.to_container(cfg.sampling, resolve=True),
+    report, generated = fidelity_report(model.pipe, floor, judge, records, real, codes, sampling=sampling,
                                         seed=int(cfg.seed), batch_size=int(cfg.batch_size),
                                         vae_round_trip_ceiling=bool(cfg.vae_round_trip))
     report.update(model=str(model_path), data=str(prepared), split=str(cfg.split), judge=judge.info,

@@ -20,7 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from seg2sat.atomic import atomic_dir, write_json, write_text
 from seg2sat.errors import ModelError
 from seg2sat.labels import CLASSES, legend_markdown
-from seg2sat.models import MODEL_INFO, build_tiny_components, read_model_info, save_pipeline_parts
+from seg2sat.models import (
+    MODEL_INFO,
+    TINY_PRESET,
+    build_tiny_components,
+    read_model_info,
+    save_pipeline_parts,
+)
 from seg2sat.prompts import DEFAULT_TEMPLATE
 from seg2sat.training import list_checkpoints, resolve_resume
 
@@ -53,7 +59,7 @@ def _write_base(train_cfg: dict[str, Any], dest: Path) -> str:
     """The base reference; for the tiny preset, copy (or rebuild) its weights into base/."""
     model = train_cfg["model"]
     resolved = str(train_cfg.get("resolved_base") or model.get("base"))
-    if model["name"] != "tiny":
+    if model["name"] != TINY_PRESET:
         return resolved
     if resolved.startswith("tiny-random"):  # random tiny weights: rebuilt from their seed
         save_pipeline_parts(build_tiny_components(int(model.get("seed", 0))), dest / "base")
@@ -62,6 +68,23 @@ def _write_base(train_cfg: dict[str, Any], dest: Path) -> str:
             raise ModelError(f"{resolved}: the tiny base this run was trained on is gone")
         shutil.copytree(resolved, dest / "base")
     return "base"
+
+
+def _trained_with(train_cfg: dict[str, Any] | None) -> tuple[int, str]:
+    """The resolution a run trained at and the caption template its prepared data used.
+
+    Both come from the run itself (its config, and the `prepare_config.yaml` of its data), not
+    from the preset's defaults: a model trained at 768 px on French captions must say so.
+    """
+    if not train_cfg:  # a plain ControlNet: its base's resolution, captions of our default template
+        return 512, DEFAULT_TEMPLATE
+    resolution = int(train_cfg.get("resolution") or train_cfg.get("model", {}).get("resolution", 512))
+    prepare_yaml = Path(str(train_cfg.get("prepared_dir"))) / "prepare_config.yaml"
+    if not prepare_yaml.exists():
+        log.warning("export: %s not found; recording the default caption template", prepare_yaml)
+        return resolution, DEFAULT_TEMPLATE
+    caption = OmegaConf.load(prepare_yaml).get("caption") or {}
+    return resolution, str(caption.get("template") or DEFAULT_TEMPLATE)
 
 
 def _model_card(info: dict[str, Any], train_cfg: dict[str, Any] | None, has_grid: bool) -> str:
@@ -152,14 +175,14 @@ def run(cfg: DictConfig) -> ExportResult:
             shutil.copy(grids[-1], tmp / "validation_grid.png")
         if train_cfg:
             write_text(tmp / "training_config.yaml", OmegaConf.to_yaml(OmegaConf.create(train_cfg)))
-        model = (train_cfg or {}).get("model", {})
+        resolution, template = _trained_with(train_cfg)
         info = {
             "format": "seg2sat-model", "version": FORMAT_VERSION, "name": out.name,
             "base_model": base, "controlnet": "controlnet",
             "controlnet_fp16": "controlnet_fp16" if cfg.fp16 else None,
-            "resolution": int(model.get("resolution", 512)),
+            "resolution": resolution,
             "prediction_type": "epsilon",
-            "caption_template": DEFAULT_TEMPLATE,
+            "caption_template": template,
             "legend": [{"code": c.code, "name": c.name, "color": c.hex} for c in CLASSES],
             "steps": steps, "checkpoint": str(ckpt) if ckpt else None,
             "fidelity": OmegaConf.to_container(cfg.fidelity, resolve=True) if cfg.fidelity else None,

@@ -29,9 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from rasterio.windows import Window as RioWindow
 
+from seg2sat import prompts
 from seg2sat.atomic import atomic_path, write_json
-from seg2sat.errors import ModelError, RasterError, Seg2SatError
-from seg2sat.labels import class_shares
+from seg2sat.errors import RasterError, Seg2SatError
 from seg2sat.landcover import (
     RASTER_SUFFIXES,
     VECTOR_SUFFIXES,
@@ -41,10 +41,10 @@ from seg2sat.landcover import (
     read_landcover,
     to_resolution,
 )
-from seg2sat.models import resolve_device_dtype, sampling_defaults
-from seg2sat.prompts import caption_for
-from seg2sat.raster import open_geotiff_writer, read_raster
-from seg2sat.tiling import VAE_FACTOR, generate_tiled, pad_to_tile, regional_edit
+from seg2sat.models import LoadedModel, resolve_device_dtype
+from seg2sat.raster import RasterData, open_geotiff_writer, read_raster
+from seg2sat.sampling import Sampling
+from seg2sat.tiling import generate_tiled, pad_to_tile, regional_edit
 
 log = logging.getLogger(__name__)
 SIDECAR_SUFFIX = ".json"
@@ -114,24 +114,12 @@ def process_state() -> Any:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def load_model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> tuple[Any, int]:
-    """The pipeline and its tile size (the model's training resolution)."""
-    from seg2sat.models import DISTILLED_SCHEDULERS, MODEL_INFO, load_pipeline, read_model_info
+def load_model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """The configured model (`model_path`, `base_model`, `scheduler`, `lora`) and its info."""
+    from seg2sat.models import load_model as load
 
-    if str(cfg.scheduler) in DISTILLED_SCHEDULERS and not cfg.lora:
-        raise ModelError(f"scheduler={cfg.scheduler} needs its distillation LoRA (lora=<folder or id>)")
-    pipe = load_pipeline(str(cfg.model_path), base=cfg.base_model, device=device, dtype=dtype, scheduler=str(cfg.scheduler))
-    if cfg.lora:
-        try:
-            pipe.load_lora_weights(str(cfg.lora))
-            pipe.fuse_lora()
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"{cfg.lora}: cannot load the LoRA: {exc}") from exc
-    if (Path(str(cfg.model_path)) / MODEL_INFO).exists():
-        size = int(read_model_info(cfg.model_path).get("resolution", 512))
-    else:
-        size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
-    return pipe, size
+    return load(str(cfg.model_path), base=cfg.base_model, device=device, dtype=dtype,
+                scheduler=str(cfg.scheduler), lora=cfg.lora)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,23 +129,8 @@ def load_model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> tup
 
 def prompt_for(cfg: DictConfig, lc: LandCover) -> str:
     """The fixed prompt, or the caption of the class shares (+ style)."""
-    if cfg.prompt.text:
-        return str(cfg.prompt.text)
-    return caption_for(class_shares(lc.codes, lc.valid), template=str(cfg.prompt.template),
-                       place=str(cfg.prompt.place), style=cfg.prompt.style)
-
-
-def _sampling(cfg: DictConfig, tile: int) -> dict[str, Any]:
-    """Generation settings; overlap defaults to a quarter tile, rounded down to the VAE factor."""
-    overlap = int(cfg.overlap) if cfg.overlap is not None else tile // 4
-    overlap -= overlap % VAE_FACTOR
-    defaults = sampling_defaults(cfg.model_path)
-    guidance = defaults["guidance_scale"] if cfg.guidance_scale is None else float(cfg.guidance_scale)
-    scale = defaults["controlnet_scale"] if cfg.controlnet_scale is None else float(cfg.controlnet_scale)
-    return {"negative_prompt": str(cfg.negative_prompt or ""), "steps": int(cfg.steps),
-            "guidance_scale": guidance, "controlnet_scale": scale,
-            "seed": int(cfg.seed), "tile": tile, "overlap": overlap, "batch_size": int(cfg.batch_size),
-            "decode_batch_size": int(cfg.decode_batch_size)}
+    return prompts.prompt_for(lc.codes, lc.valid, text=cfg.prompt.text, template=str(cfg.prompt.template),
+                              place=str(cfg.prompt.place), style=cfg.prompt.style)
 
 
 def _versions() -> dict[str, str]:
@@ -184,7 +157,7 @@ def write_preview(tif: Path, dest: Path, size: int) -> Path:
     return dest
 
 
-def generate_file(cfg: DictConfig, pipe: Any, tile: int, src: Path, paths: dict[str, Path],
+def generate_file(cfg: DictConfig, model: LoadedModel, sampling: Sampling, src: Path, paths: dict[str, Path],
                   legend: Legend | None, progress: Any = None) -> dict[str, Any]:
     """Generate one input; returns the sidecar record."""
     # 1. Read, move to the work resolution, pad.
@@ -198,9 +171,8 @@ def generate_file(cfg: DictConfig, pipe: Any, tile: int, src: Path, paths: dict[
     t = lc.transform
     in_h, in_w = lc.codes.shape
     out_transform = t if (out_h, out_w) == (in_h, in_w) else Affine(t.a * in_w / out_w, 0, t.c, 0, t.e * in_h / out_h, t.f)
-    codes = pad_to_tile(work.codes, tile)
+    codes = pad_to_tile(work.codes, sampling.tile)
     prompt = prompt_for(cfg, work)
-    sampling = _sampling(cfg, tile)
     h, w = work.codes.shape
     same_grid = (out_h, out_w) == (h, w)
     valid_out = lc.valid if (out_h, out_w) == lc.valid.shape else nearest_resize(lc.valid, out_h, out_w)
@@ -224,7 +196,7 @@ def generate_file(cfg: DictConfig, pipe: Any, tile: int, src: Path, paths: dict[
             writer.write(np.moveaxis(rgb, -1, 0), win)
             writer.write_mask(mask.astype(np.uint8) * 255, win)
 
-        result = generate_tiled(pipe, codes, prompt, write_rows, progress=progress, **sampling)
+        result = generate_tiled(model.pipe, codes, prompt, write_rows, progress=progress, **sampling.kwargs())
         if not same_grid:  # resample the work grid to the output grid (held in memory)
             image = np.concatenate(held)
             image = np.asarray(Image.fromarray(image).resize((out_w, out_h), Image.BILINEAR if out_h > h else Image.BOX))
@@ -236,7 +208,7 @@ def generate_file(cfg: DictConfig, pipe: Any, tile: int, src: Path, paths: dict[
     if cfg.preview:
         write_preview(paths["tif"], paths["preview"], int(cfg.preview_size))
     return {"input": str(src), "output": str(paths["tif"]), "model": str(cfg.model_path), "base": cfg.base_model,
-            "prompt": prompt, "scheduler": str(cfg.scheduler), "lora": cfg.lora, **sampling,
+            "prompt": prompt, "scheduler": str(cfg.scheduler), "lora": cfg.lora, **sampling.kwargs(),
             "work_resolution": work.resolution, "output_resolution": out_res, "crs": str(lc.crs) if lc.crs else None,
             "size": [out_w, out_h], "windows": result.windows, "versions": _versions()}
 
@@ -246,7 +218,37 @@ def generate_file(cfg: DictConfig, pipe: Any, tile: int, src: Path, paths: dict[
 # ---------------------------------------------------------------------------------------------
 
 
-def edit_file(cfg: DictConfig, pipe: Any, tile: int, src: Path, paths: dict[str, Path],
+def region_on_grid(path: Path, image: RasterData, image_path: Path, column: str) -> np.ndarray:
+    """The (H, W) mask of an `edit.region` raster or layer on the image's pixel grid.
+
+    Vectors are reprojected to the image's CRS and burnt at its pixel size; a raster on another
+    grid (CRS, pixel size or origin) is reprojected onto it with nearest-neighbour resampling,
+    so a region is never misplaced by rounding. A region without a CRS is only accepted on an
+    image without one.
+    """
+    from rasterio.warp import Resampling, reproject
+
+    limit = read_landcover(path, column=column, vector_resolution=image.transform.a,
+                           crs=image.crs.to_string() if image.crs else None, unknown_to_other=True)
+    if (limit.crs is None) != (image.crs is None):
+        raise RasterError(f"{path}: the region has {'no' if limit.crs is None else 'a'} CRS but {image_path} "
+                          f"has {'one' if image.crs is not None else 'none'}; pass crs= for the one without")
+    mask = np.zeros((image.height, image.width), np.uint8)
+    if limit.crs is None:  # no CRS on either side: the pixel grids must match as they are
+        if not math.isclose(limit.transform.a, image.transform.a, rel_tol=1e-6):
+            raise RasterError(f"{path}: pixel size {limit.transform.a:g} differs from {image_path}'s "
+                              f"{image.transform.a:g}, and neither has a CRS to reproject with")
+    # Without CRS both grids are in the same (unknown) units: any one CRS on both sides makes the
+    # warp a pure resampling between the two transforms.
+    same = "EPSG:3857"
+    reproject(limit.valid.astype(np.uint8), mask, src_transform=limit.transform, src_crs=limit.crs or same,
+              dst_transform=image.transform, dst_crs=image.crs or same, resampling=Resampling.nearest)
+    if not mask.any():
+        raise RasterError(f"{path}: the edit region does not overlap {image_path}")
+    return mask.astype(bool)
+
+
+def edit_file(cfg: DictConfig, model: LoadedModel, sampling: Sampling, src: Path, paths: dict[str, Path],
               legend: Legend | None) -> dict[str, Any]:
     """Regenerate the area `src` (new land cover) covers in `edit.image`; the rest stays identical.
 
@@ -279,25 +281,16 @@ def edit_file(cfg: DictConfig, pipe: Any, tile: int, src: Path, paths: dict[str,
     region[r0:r1, c0:c1] = lc.valid[r0 - row0:r1 - row0, c0 - col0:c1 - col0]
     codes_full[r0:r1, c0:c1] = lc.codes[r0 - row0:r1 - row0, c0 - col0:c1 - col0]
     if cfg.edit.region:
-        limit = read_landcover(cfg.edit.region, column=str(cfg.class_column), vector_resolution=image.transform.a,
-                               crs=image.crs.to_string() if image.crs else None, unknown_to_other=True)
-        mask = np.zeros((H, W), bool)
-        ccol, crow = (round(v) for v in ~image.transform * (limit.transform.c, limit.transform.f))
-        rr0, cc0 = max(0, crow), max(0, ccol)
-        rr1, cc1 = min(H, crow + limit.valid.shape[0]), min(W, ccol + limit.valid.shape[1])
-        if rr1 > rr0 and cc1 > cc0:
-            mask[rr0:rr1, cc0:cc1] = limit.valid[rr0 - crow:rr1 - crow, cc0 - ccol:cc1 - ccol]
-        region &= mask
+        region &= region_on_grid(Path(cfg.edit.region), image, image_path, str(cfg.class_column))
     if not region.any():
         raise RasterError(f"{src}: the edit region is empty")
     # 2-4. Regenerate the region and blend it into a copy of the image.
-    sampling = _sampling(cfg, tile)
     known = region.copy()
     known[r0:r1, c0:c1] |= lc.valid[r0 - row0:r1 - row0, c0 - col0:c1 - col0]
     prompt = prompt_for(cfg, LandCover(codes_full, known, image.crs, image.transform, src))
     margin = int(cfg.edit.margin)
-    rgb, box = regional_edit(pipe, np.moveaxis(image.array[:3], 0, -1), codes_full, known, region, prompt,
-                             margin=margin, **sampling)
+    rgb, box = regional_edit(model.pipe, np.moveaxis(image.array[:3], 0, -1), codes_full, known, region, prompt,
+                             margin=margin, **sampling.kwargs())
     out = image.array.copy()
     out[:3] = np.moveaxis(rgb, -1, 0)
     bc0, br0, bc1, br1 = box
@@ -307,7 +300,7 @@ def edit_file(cfg: DictConfig, pipe: Any, tile: int, src: Path, paths: dict[str,
     if cfg.preview:
         write_preview(paths["tif"], paths["preview"], int(cfg.preview_size))
     return {"input": str(src), "edit_image": str(image_path), "output": str(paths["tif"]), "model": str(cfg.model_path),
-            "prompt": prompt, "scheduler": str(cfg.scheduler), **sampling, "margin": margin,
+            "prompt": prompt, "scheduler": str(cfg.scheduler), **sampling.kwargs(), "margin": margin,
             "region_pixels": int(region.sum()), "changed_box": [int(bc0), int(br0), int(bc1), int(br1)],
             "versions": _versions()}
 
@@ -317,11 +310,10 @@ def edit_file(cfg: DictConfig, pipe: Any, tile: int, src: Path, paths: dict[str,
 # ---------------------------------------------------------------------------------------------
 
 
-def run(cfg: DictConfig, model: tuple[Any, int] | None = None) -> InferResult:
+def run(cfg: DictConfig, model: LoadedModel | None = None) -> InferResult:
     """Generate every input not finished yet; returns written and skipped outputs.
 
-    `model` = (pipeline, tile) reuses a loaded model (the app's shared one) instead of loading
-    `cfg.model_path`.
+    `model` reuses a loaded model (the app's shared one) instead of loading `cfg.model_path`.
     """
     from tqdm.auto import tqdm
 
@@ -347,8 +339,8 @@ def run(cfg: DictConfig, model: tuple[Any, int] | None = None) -> InferResult:
     t0 = time.perf_counter()
     device, dtype = resolve_device_dtype(str(cfg.device), str(cfg.dtype))
     legend = load_legend(cfg.get("legend"), cfg.get("legend_file"))
-    pipe, model_tile = model if model is not None else load_model(cfg, device, dtype)
-    tile = int(cfg.tile or model_tile)
+    model = model if model is not None else load_model(cfg, device, dtype)
+    sampling = Sampling.from_config(cfg, model)
     result.seconds["load"] = round(time.perf_counter() - t0, 2)
     # 3. Files, one after the other; windows inside a file are batched.
     for src, paths in tqdm(todo, desc="files", disable=not state.is_main_process or len(todo) < 2):
@@ -361,9 +353,9 @@ def run(cfg: DictConfig, model: tuple[Any, int] | None = None) -> InferResult:
             bar.refresh()
 
         if cfg.edit.image:
-            record = edit_file(cfg, pipe, tile, src, paths, legend)
+            record = edit_file(cfg, model, sampling, src, paths, legend)
         else:
-            record = generate_file(cfg, pipe, tile, src, paths, legend, progress)
+            record = generate_file(cfg, model, sampling, src, paths, legend, progress)
         bar.close()
         record["seconds"] = round(time.perf_counter() - t0, 2)
         record["process"] = f"{state.process_index}/{state.num_processes}"

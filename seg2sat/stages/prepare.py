@@ -110,7 +110,7 @@ def prepare_tile(tile: FlairTile, out: Path, opts: dict[str, Any]) -> dict[str, 
         "height": int(codes.shape[0]),
         "source_img": str(tile.img),
         "source_msk": str(tile.msk),
-        "pixels": np.bincount(codes.ravel(), minlength=MAX_CODE + 1)[1:].tolist(),
+        "pixels": np.bincount(codes.ravel(), minlength=MAX_CODE + 1)[list(CODES)].tolist(),  # in CODES order
     }
     _save_png(out / record["hint"], codes_to_hint(codes, source=tile.msk))
     _save_png(out / record["image"], rgb)

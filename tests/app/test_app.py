@@ -2,6 +2,7 @@
 
 import importlib.util
 import io
+import json
 
 import numpy as np
 import pytest
@@ -93,10 +94,8 @@ def test_draw_generates_from_strokes(app_env):
     assert len(at.session_state["history"]) == 2
 
 
-def test_draw_from_georeferenced_upload_offers_geotiff(app_env, tmp_path):
-    app_env()
-    codes = np.full((1, 64, 64), 6, np.uint8)
-    codes[0, :, 32:] = 11
+def _draw_from_upload(tmp_path, codes):
+    """The Draw page started from `codes` uploaded as a GeoTIFF (no strokes), after Generate."""
     tif = write_geotiff(tmp_path / "m.tif", codes, FLAIR_CRS, Affine(0.2, 0, 1000, 0, -0.2, 2000))
     at = _at("pages/1_Draw.py")
     at.session_state["test_strokes"] = np.zeros((64, 64, 4), np.uint8)
@@ -105,9 +104,40 @@ def test_draw_from_georeferenced_upload_offers_geotiff(app_env, tmp_path):
     at.file_uploader(key="draw_upload").set_value(("m.tif", tif.read_bytes(), "image/tiff")).run()
     at.button(key="generate").click().run()
     assert not at.exception
+    return at
+
+
+def test_draw_from_georeferenced_upload_offers_geotiff(app_env, tmp_path):
+    app_env()
+    codes = np.full((1, 64, 64), 6, np.uint8)
+    codes[0, :, 32:] = 11
+    at = _draw_from_upload(tmp_path, codes)
     crs, transform, shape = at.session_state["history"][0]["georef"]
     assert crs == FLAIR_CRS and transform == Affine(0.2, 0, 1000, 0, -0.2, 2000) and shape == (64, 64)
     assert at.download_button(key="dl_tif") is not None
+
+
+def test_draw_gives_the_pixels_infer_gives_for_the_same_map_and_seed(app_env, tmp_path):
+    """One sampling contract: the Draw page and `seg2sat infer` turn one map and seed into one image."""
+    from seg2sat.stages import infer
+
+    cfg = app_env("steps=3", "seed=4")
+    codes = np.full((1, 64, 64), 6, np.uint8)
+    codes[0, 20:36, :] = 5
+    codes[0, :, 48:] = 11
+    at = _draw_from_upload(tmp_path, codes)
+    tif = tmp_path / "m.tif"
+    drawn = at.session_state["history"][0]
+    run_cfg = OmegaConf.merge(cfg, {"input": str(tif), "output_dir": str(tmp_path / "out"), "preview": False,
+                                    "cog": False})
+    out = infer.run(run_cfg).outputs[0]
+    sidecar = json.loads(infer.output_paths(out.parent, tif)["json"].read_text())
+    with rasterio.open(out) as src:
+        inferred = np.moveaxis(src.read(), 0, -1)
+    assert drawn["prompt"] == sidecar["prompt"]
+    assert (drawn["negative_prompt"], drawn["overlap"], drawn["batch_size"]) == \
+        (sidecar["negative_prompt"], sidecar["overlap"], sidecar["batch_size"])
+    np.testing.assert_array_equal(drawn["image"], inferred)
 
 
 @pytest.mark.parametrize(

@@ -12,13 +12,14 @@ from affine import Affine
 from seg2sat import app_support as sup
 from seg2sat.config import compose
 from seg2sat.device_queue import DeviceQueue
-from seg2sat.models import load_pipeline
+from seg2sat.models import load_model
 from seg2sat.raster import FLAIR_CRS, write_geotiff
+from seg2sat.sampling import Sampling
 
 
 @pytest.fixture(scope="module")
 def shared():
-    return load_pipeline("tiny-random"), 64
+    return load_model("tiny-random")
 
 
 def _job(i: int) -> dict:
@@ -28,25 +29,24 @@ def _job(i: int) -> dict:
     return {"kind": "edit" if i % 2 else "generate", "codes": codes, "seed": 10 + i}
 
 
-def _run(pipe, tile, job):
-    settings = {"seed": job["seed"], "steps": 6, "guidance_scale": 3.0, "controlnet_scale": 1.0}
+def _run(model, job):
+    settings = Sampling(seed=job["seed"], steps=6, guidance_scale=3.0, tile=model.tile, overlap=16)
     if job["kind"] == "generate":
-        return sup.generate(pipe, tile, job["codes"], "Aerial view of Gironde. river", **settings)["image"]
+        return sup.generate(model, job["codes"], "Aerial view of Gironde. river", settings)["image"]
     image = np.random.default_rng(job["seed"]).integers(0, 255, (*job["codes"].shape, 3), dtype=np.uint8)
     painted = np.zeros(job["codes"].shape, bool)
     painted[20:60, 30:70] = True
-    return sup.edit(pipe, tile, image, job["codes"], painted, "Aerial view of Gironde. road", margin=4, **settings)
+    return sup.edit(model, image, job["codes"], painted, "Aerial view of Gironde. road", settings, margin=4)
 
 
 def test_threads_sharing_a_pipeline_get_the_images_they_would_get_alone(shared):
-    pipe, tile = shared
     jobs = [_job(i) for i in range(6)]
-    alone = [_run(pipe, tile, job) for job in jobs]
+    alone = [_run(shared, job) for job in jobs]
     barrier = threading.Barrier(len(jobs))
 
     def together(job):
         barrier.wait()  # all start at once, so their denoising steps interleave
-        return _run(pipe, tile, job)
+        return _run(shared, job)
 
     with ThreadPoolExecutor(len(jobs)) as pool:
         results = list(pool.map(together, jobs))
@@ -162,7 +162,6 @@ def test_demo_build_runs_once_for_sessions_pressing_at_once(tmp_path, monkeypatc
 
 
 def test_uploads_and_batch_runs_leave_no_temp_folder(shared, tmp_path, monkeypatch):
-    pipe, tile = shared
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
@@ -171,6 +170,6 @@ def test_uploads_and_batch_runs_leave_no_temp_folder(shared, tmp_path, monkeypat
     upload = sup.read_upload("m.tif", tif.read_bytes(), max_bytes=2**20, max_pixels=2**20)
     assert upload.codes.shape == (64, 80) and not list(scratch.iterdir())
     cfg = compose("app", [f"paths.root_dir={tmp_path}", "model_path=tiny-random", "steps=2"])
-    data, sidecar = sup.run_batch(cfg, upload, pipe, tile)
+    data, sidecar = sup.run_batch(cfg, upload, shared)
     assert data[:2] in (b"II", b"MM") and sidecar["size"] == [80, 64]
     assert not list(scratch.iterdir())  # the input copy and the output folder are gone

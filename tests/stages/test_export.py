@@ -1,10 +1,12 @@
 """Export: checkpoint -> model folder -> the same pipeline; and the embedded demo, reduced."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from seg2sat.config import compose
@@ -13,6 +15,7 @@ from seg2sat.hints import codes_to_hint
 from seg2sat.labels import CLASSES
 from seg2sat.models import MODEL_INFO, load_pipeline
 from seg2sat.pipeline import generate
+from seg2sat.prompts import DEFAULT_TEMPLATE
 from seg2sat.stages import demo, export, train
 
 
@@ -27,6 +30,8 @@ def test_export_round_trip(trained_run, stage_cfg, tmp_path):
     assert result.model_dir == out and result.steps == 2 and result.base_model == "base"
     info = json.loads((out / MODEL_INFO).read_text())
     assert info["base_model"] == "base" and info["steps"] == 2 and info["prediction_type"] == "epsilon"
+    prepared = OmegaConf.load(Path(OmegaConf.load(trained_run.run_dir / "config.yaml").prepared_dir) / "prepare_config.yaml")
+    assert info["resolution"] == 64 and info["caption_template"] == prepared.caption.template
     assert [c["color"] for c in info["legend"]] == [c.hex for c in CLASSES]
     assert (out / "base" / "model_index.json").exists()
     assert (out / "training_config.yaml").exists() and "ControlNet" in (out / "README.md").read_text()
@@ -40,6 +45,17 @@ def test_export_round_trip(trained_run, stage_cfg, tmp_path):
     ckpt_pipe = load_pipeline(trained_run.checkpoints[-1] / "controlnet", base=out / "base")
     b = generate(ckpt_pipe, hint, "Aerial view of Gironde. building", steps=2, seed=3)
     np.testing.assert_array_equal(a, b)
+
+
+def test_export_records_the_resolution_and_template_the_run_used(tmp_path):
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    template = "Vue aérienne de {place}. {classes}"
+    (prepared / "prepare_config.yaml").write_text(OmegaConf.to_yaml({"caption": {"template": template}}))
+    run = {"resolution": 96, "model": {"resolution": 64}, "prepared_dir": str(prepared)}
+    assert export._trained_with(run) == (96, template)  # the run's resolution, not the preset's
+    assert export._trained_with({**run, "prepared_dir": str(tmp_path / "gone")}) == (96, DEFAULT_TEMPLATE)
+    assert export._trained_with(None) == (512, DEFAULT_TEMPLATE)
 
 
 def test_export_refuses_to_overwrite_and_needs_a_checkpoint(trained_run, stage_cfg, tmp_path):

@@ -8,14 +8,11 @@ import pytest
 import rasterio
 from affine import Affine
 from PIL import Image
-from shapely.geometry import Polygon, box
 
-from seg2sat.errors import GeoreferenceError, LegendError, RasterError, Seg2SatError, VectorError
+from seg2sat.errors import LegendError, RasterError, Seg2SatError
 from seg2sat.hints import codes_to_hint, hint_to_codes
-from seg2sat.models import EMBEDDED_TINY_BASE, load_pipeline_from_base
 from seg2sat.raster import FLAIR_CRS, write_geotiff
 from seg2sat.stages import infer
-from seg2sat.tiling import generate_tiled, initial_noise, seam_ratio, windows_for
 
 FAST = ["model_path=tiny-random", "steps=2", "guidance_scale=1.0", "batch_size=8", "preview=false", "cog=false"]
 
@@ -105,41 +102,6 @@ def test_vector_layer_with_labels(infer_cfg, geo_samples, tmp_path):
     assert 0 < (mask == 255).mean() < 1
 
 
-def test_seamless_tiling_beats_naive_tiles():
-    # A trained base draws structure, so independent windows show their borders (random
-    # weights draw noise, in which no seam can be seen).
-    pipe = load_pipeline_from_base(EMBEDDED_TINY_BASE)
-    from seg2sat.data.synthetic import scene_codes
-
-    codes = scene_codes(192, np.random.default_rng(0))  # 3x the 64 px tile each way
-    ratios = {}
-    for overlap in (0, 32):
-        out = np.zeros((192, 192, 3), np.uint8)
-
-        def write(r, rgb, out=out):
-            out[r:r + len(rgb)] = rgb
-
-        generate_tiled(pipe, codes, "Aerial view of Gironde. deciduous", write, steps=4, tile=64,
-                       overlap=overlap, seed=0, guidance_scale=3.0)
-        ratios[overlap] = seam_ratio(out, 64)
-    assert ratios[32] < 1.1, ratios  # close to the inside-window value (1.0)
-    assert ratios[0] > 2 * ratios[32], ratios  # measured: 4.9 naive vs 0.91 fused
-
-
-def test_windows_cover_and_noise_is_positional():
-    wins = windows_for(192, 200, 64, 16)
-    cover = np.zeros((192, 200), int)
-    for w in wins:
-        cover[w.row:w.row + 64, w.col:w.col + 64] += 1
-    assert cover.min() >= 1 and wins[-1].row == 128 and wins[-1].col == 136
-    small, big = initial_noise(7, 8, 8, 8), initial_noise(7, 24, 16, 8)
-    assert torch_equal(small, big[:, :, :8, :8]) and not torch_equal(big[:, :, :8, :8], big[:, :, 8:16, :8])
-
-
-def torch_equal(a, b):
-    return bool((a == b).all())
-
-
 def test_rerun_skips_finished_and_redoes_unfinished(infer_cfg, tmp_path):
     maps = tmp_path / "maps"
     for i, code in enumerate((1, 5, 10)):
@@ -188,97 +150,70 @@ def test_regional_edit_leaves_outside_pixels_identical(infer_cfg, tmp_path):
     assert np.abs(out[:, inside].astype(int) - aerial[:, inside].astype(int)).mean() > 20
 
 
+def test_edit_region_on_another_grid_is_reprojected_not_misplaced(infer_cfg, tmp_path):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    aerial = rng.integers(0, 256, (3, 160, 160), dtype=np.uint8)
+    t = Affine(0.2, 0, 5000, 0, -0.2, 9000)
+    image = write_geotiff(tmp_path / "aerial.tif", aerial, FLAIR_CRS, t)
+    new_map = write_geotiff(tmp_path / "lake.tif", np.full((1, 40, 48), 5, np.uint8), FLAIR_CRS,
+                            t * Affine.translation(50, 60))  # rows 60..100, cols 50..98
+    # The region at 0.4 m: 10 x 10 of its pixels = rows 60..80, cols 50..70 of the image.
+    region = write_geotiff(tmp_path / "region.tif", np.full((1, 10, 10), 1, np.uint8), FLAIR_CRS,
+                           Affine(0.4, 0, 5000 + 50 * 0.2, 0, -0.4, 9000 - 60 * 0.2))
+    infer.run(infer_cfg(new_map, f"edit.image={image}", f"edit.region={region}", "edit.margin=4"))
+    out = _read(tmp_path / "out" / "lake.tif")[0]
+    inside = np.zeros((160, 160), bool)
+    inside[60:80, 50:70] = True
+    near = ndimage.distance_transform_edt(~inside) <= 4
+    np.testing.assert_array_equal(out[:, ~near], aerial[:, ~near])  # the lake below row 84 is not the region
+    # every part of the region changed, its far corner too (rounding placed a 10 x 10 px region)
+    for rows, cols in ((slice(60, 70), slice(50, 60)), (slice(70, 80), slice(60, 70))):
+        assert np.abs(out[:, rows, cols].astype(int) - aerial[:, rows, cols].astype(int)).mean() > 20
+    far = write_geotiff(tmp_path / "far.tif", np.full((1, 10, 10), 1, np.uint8), FLAIR_CRS,
+                        Affine(0.4, 0, 0, 0, -0.4, 100))
+    with pytest.raises(RasterError, match="far.tif: the edit region does not overlap .*aerial.tif"):
+        infer.run(infer_cfg(new_map, f"edit.image={image}", f"edit.region={far}", "overwrite=true"))
+
+
 # ---------------------------------------------------------------------------------------------
-# Bad inputs: each names the file and the problem
+# Inputs: reading them is tested in tests/test_landcover.py; here, what infer does with them
 # ---------------------------------------------------------------------------------------------
 
 
 GRID = Affine(0.2, 0, 0, 0, -0.2, 100)
 
 
-def _tif(path, array, crs=FLAIR_CRS, transform=GRID, nodata=None):
-    profile = {"driver": "GTiff", "width": array.shape[2], "height": array.shape[1], "count": array.shape[0],
-               "dtype": array.dtype.name, "transform": transform, "nodata": nodata}
-    if crs is not None:
-        profile["crs"] = crs
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(array)
-    return path
-
-
-@pytest.mark.parametrize(
-    ("name", "array", "kwargs", "error", "match"),
-    [
-        ("nocrs.tif", np.ones((1, 64, 64), np.uint8), {"crs": None}, GeoreferenceError, r"nocrs.tif: no CRS"),
-        ("rotated.tif", np.ones((1, 64, 64), np.uint8), {"transform": Affine(0.2, 0.05, 0, 0.05, -0.2, 100)},
-         GeoreferenceError, r"rotated.tif: rotated or sheared"),
-        ("float.tif", np.full((1, 64, 64), 2.5, np.float32), {"nodata": -1.0}, LegendError,
-         r"float.tif: 4096 class values are not whole numbers"),
-        ("allnodata.tif", np.full((1, 64, 64), -1.0, np.float32), {"nodata": -1.0}, RasterError,
-         r"allnodata.tif: every pixel is nodata"),
-        ("twoband.tif", np.ones((2, 64, 64), np.uint8), {}, RasterError, r"twoband.tif: 2 bands of uint8"),
-        ("codes.tif", np.full((1, 64, 64), 42, np.uint8), {}, LegendError,
-         r"codes.tif: 4096 pixels hold class values outside the FLAIR legend 1..19 \(42: 4096 px\)"),
-        ("offlegend.tif", np.full((3, 64, 64), 77, np.uint8), {}, LegendError,
-         r"offlegend.tif: 4096 pixels in 1 colours are not legend colours"),
-    ],
-)
-def test_bad_rasters(infer_cfg, tmp_path, name, array, kwargs, error, match):
-    src = _tif(tmp_path / name, array, **kwargs)
-    with pytest.raises(error, match=match):
+def test_bad_input_fails_before_writing_anything(infer_cfg, tmp_path):
+    src = write_geotiff(tmp_path / "codes.tif", np.full((1, 64, 64), 42, np.uint8), FLAIR_CRS, GRID)
+    with pytest.raises(LegendError, match=r"codes.tif: 4096 pixels hold class values outside the FLAIR legend"):
         infer.run(infer_cfg(src))
-    assert not (tmp_path / "out" / src.with_suffix(".tif").name).exists()
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
-def test_unknown_legend_values_can_map_to_other(infer_cfg, tmp_path):
+def test_legend_options_reach_the_reader(infer_cfg, tmp_path):
     values = np.ones((1, 64, 64), np.float32)
     values[0, :8] = 9  # not in the 7-class legend
-    src = _tif(tmp_path / "nine.tif", values, nodata=-99999.0)
-    with pytest.raises(LegendError, match=r"nine.tif: 512 pixels hold class values not in legend nc_landsat96 \(9: 512 px\)"):
+    src = write_geotiff(tmp_path / "nine.tif", values, FLAIR_CRS, GRID, nodata=-99999.0)
+    with pytest.raises(LegendError, match=r"nine.tif: 512 pixels hold class values not in legend nc_landsat96"):
         infer.run(infer_cfg(src, "legend=nc_landsat96"))
-    assert infer.run(infer_cfg(src, "legend=nc_landsat96", "unknown_to_other=true")).outputs
+    result = infer.run(infer_cfg(src, "legend=nc_landsat96", "unknown_to_other=true"))
+    assert result.outputs == [tmp_path / "out" / "nine.tif"]
 
 
-def test_hand_drawn_png_needs_a_crs_or_snap(infer_cfg, flair_samples, tmp_path):
+def test_snapped_hand_drawn_png_is_generated_on_the_given_crs(infer_cfg, flair_samples):
     drawn = flair_samples / "drawn" / "handdrawn_01.png"
-    with pytest.raises(GeoreferenceError, match="handdrawn_01.png: a plain image has no georeferencing"):
-        infer.run(infer_cfg(drawn))
-    with pytest.raises(LegendError, match="handdrawn_01.png: .* not legend colours"):
-        infer.run(infer_cfg(drawn, "crs=EPSG:2154"))
     result = infer.run(infer_cfg(drawn, "crs=EPSG:2154", "snap=true"))
     rgb, crs, transform, _, _ = _read(result.outputs[0])
     assert crs == FLAIR_CRS and transform.a == pytest.approx(0.2)
     assert rgb.shape[1:] == Image.open(drawn).size[::-1]
 
 
-def _layer(path, geoms, column="class", values=None, crs="EPSG:2154"):
-    data = {column: values or [1] * len(geoms)}
-    gpd.GeoDataFrame(data, geometry=geoms, crs=crs).to_file(path)
-    return path
-
-
-def test_bad_vectors(infer_cfg, tmp_path):
-    square = box(0, 0, 20, 20)
-    bowtie = Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])
-    with pytest.raises(VectorError, match=r"bow.gpkg: 1 invalid geometries"):
-        infer.run(infer_cfg(_layer(tmp_path / "bow.gpkg", [square, bowtie])))
-    with pytest.raises(VectorError, match=r"nocol.gpkg: no class column 'class'; columns: kind"):
-        infer.run(infer_cfg(_layer(tmp_path / "nocol.gpkg", [square], column="kind")))
-    with pytest.raises(LegendError, match=r"names.gpkg: class='castle' is not in the FLAIR legend"):
-        infer.run(infer_cfg(_layer(tmp_path / "names.gpkg", [square], values=["castle"])))
-    with pytest.raises(GeoreferenceError, match=r"deg.gpkg: CRS EPSG:4326 is in degrees"):
-        infer.run(infer_cfg(_layer(tmp_path / "deg.gpkg", [box(2, 45, 2.001, 45.001)], crs="EPSG:4326")))
-    # FLAIR class names work, and a degree layer works once reprojected
-    ok = infer.run(infer_cfg(_layer(tmp_path / "ok.gpkg", [box(2, 45, 2.0001, 45.0001)], values=["water"],
-                                    crs="EPSG:4326"), "crs=EPSG:2154", "vector_resolution=0.5"))
-    assert ok.outputs
-
-
 def test_missing_input_and_weights(infer_cfg, tmp_path):
     with pytest.raises(Seg2SatError, match="nowhere.tif: input not found"):
         infer.run(infer_cfg(tmp_path / "nowhere.tif"))
-    codes = np.full((1, 64, 64), 1, np.uint8)
-    src = _tif(tmp_path / "a.tif", codes)
+    src = write_geotiff(tmp_path / "a.tif", np.full((1, 64, 64), 1, np.uint8), FLAIR_CRS, GRID)
     from seg2sat.errors import ModelError
 
     with pytest.raises(ModelError, match="hf download"):

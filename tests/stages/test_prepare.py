@@ -3,10 +3,12 @@ import json
 import geopandas as gpd
 import numpy as np
 import pytest
+import rasterio
 from PIL import Image
 
 from seg2sat.errors import DatasetError, RasterError
 from seg2sat.hints import hint_to_codes
+from seg2sat.labels import class_name, code_of
 from seg2sat.stages import prepare, sample_data
 from seg2sat.stages.prepare import split_domains
 
@@ -35,8 +37,13 @@ def test_prepare_writes_the_documented_layout(stage_cfg, sample_root):
     codes = hint_to_codes(hint)  # legend colours only
     assert sum(r["shares"].values()) == pytest.approx(1.0)
     assert r["caption"].startswith(f"Aerial view of Pyrénées-Atlantiques. {next(iter(r['shares']))}")
-    assert r["shares"] == pytest.approx({k: v for k, v in r["shares"].items()})
-    assert np.bincount(codes.ravel(), minlength=20)[1:].tolist() == r["pixels"]
+    # shares and pixel counts, recomputed from the source mask read with rasterio
+    with rasterio.open(r["source_msk"]) as src:
+        counts = np.bincount(src.read(1).ravel(), minlength=20)
+    expected = {class_name(c): counts[c] / counts.sum() for c in np.flatnonzero(counts)}
+    assert r["shares"] == pytest.approx(expected, rel=1e-12) and list(r["shares"]) == sorted(
+        expected, key=lambda name: (-expected[name], code_of(name)))
+    assert r["pixels"] == counts[1:].tolist() == np.bincount(codes.ravel(), minlength=20)[1:].tolist()
     # footprints: one polygon per tile, EPSG:2154, bounds of the tile
     fp = gpd.read_file(out / "footprints.gpkg", layer="tiles")
     assert fp.crs.to_epsg() == 2154 and len(fp) == 12

@@ -2,12 +2,14 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from seg2sat.errors import Seg2SatError
+from seg2sat.data.dataset import LatentCache
+from seg2sat.errors import ConfigError, Seg2SatError
 from seg2sat.models import Components, build_tiny_components
 from seg2sat.stages import train
 from seg2sat.training import compute_loss, list_checkpoints, resolve_resume
@@ -55,13 +57,30 @@ def test_resume_from_missing_checkpoint_is_a_clear_error(train_cfg, tmp_path):
         train.run(train_cfg("max_steps=1", f"resume={tmp_path}/nowhere/checkpoint-99"))
 
 
-def test_cache_is_built_once_and_reused(train_cfg, prepared_tiny):
+def _record_cache_builds(monkeypatch) -> list[bool]:
+    """Spy on LatentCache.build_or_load: the `built` flag of every call, in order."""
+    built: list[bool] = []
+    original = LatentCache.build_or_load.__func__
+
+    def spy(cls, *args, **kwargs):
+        cache, was_built = original(cls, *args, **kwargs)
+        built.append(was_built)
+        return cache, was_built
+
+    monkeypatch.setattr(LatentCache, "build_or_load", classmethod(spy))
+    return built
+
+
+def test_cache_is_built_once_and_reused(train_cfg, prepared_tiny, monkeypatch):
+    # The first run on this data may build the cache (another test may have built it already);
+    # after it, a run loads it and computes nothing: every call reports built=False.
     train.run(train_cfg("run_name=a", "max_steps=1"))
     caches = sorted((prepared_tiny / "cache").glob("train-*/cache.safetensors"))
     assert len(caches) == 1
-    mtime = caches[0].stat().st_mtime_ns
+    built = _record_cache_builds(monkeypatch)
     train.run(train_cfg("run_name=b", "max_steps=1"))
-    assert caches[0].stat().st_mtime_ns == mtime
+    assert built == [False, False]  # main process, then every process (is_main=False)
+    assert sorted((prepared_tiny / "cache").glob("train-*/cache.safetensors")) == caches
     tensors = load_file(str(caches[0]))
     n_train = sum(1 for line in (prepared_tiny / "manifest.jsonl").read_text().splitlines()
                   if json.loads(line)["split"] == "train")
@@ -70,13 +89,30 @@ def test_cache_is_built_once_and_reused(train_cfg, prepared_tiny):
 
 
 def test_cache_refuses_augmentations_it_cannot_apply(train_cfg):
+    # a crop is an augmentation, but one cached latents cannot follow
     with pytest.raises(Seg2SatError, match="cache_latents=true allows only flips and rot90"):
-        train.run(train_cfg("max_steps=1", "+augment.color_jitter=0.2"))
+        train.run(train_cfg("max_steps=1", "+augment.crop_scale=[0.5,1.0]"))
+    # ...and which the pixel path (VAE encoding every step) applies
+    result = train.run(train_cfg("max_steps=1", "cache_latents=false", "+augment.crop_scale=[0.5,1.0]"))
+    assert result.global_step == 1 and len(result.seen) == 4 and math.isfinite(result.last_loss)
 
 
-def test_training_without_cache_runs(train_cfg):
-    result = train.run(train_cfg("max_steps=1", "cache_latents=false", "+augment.color_jitter=0.2"))
-    assert result.global_step == 1 and math.isfinite(result.last_loss)
+@pytest.mark.parametrize("cache_latents", ["true", "false"])
+def test_unknown_augmentation_is_refused_not_ignored(train_cfg, cache_latents):
+    # Nothing applies color_jitter: a run must not train silently without it, cached or not.
+    with pytest.raises(ConfigError, match="color_jitter"):
+        train.run(train_cfg("max_steps=1", f"cache_latents={cache_latents}", "+augment.color_jitter=0.2"))
+
+
+def test_resuming_a_finished_run_takes_no_step(train_cfg):
+    done = train.run(train_cfg("max_steps=2", "checkpointing_steps=1"))
+    names = [p.name for p in done.checkpoints]
+    again = train.run(train_cfg("max_steps=2", "checkpointing_steps=1", "resume=latest"))
+    assert again.global_step == 2 and again.seen == [] and again.last_loss is None
+    assert [p.name for p in list_checkpoints(again.run_dir)] == names == ["checkpoint-1", "checkpoint-2"]
+    saved = _controlnet_state(done.checkpoints[-1])
+    for key, value in again.controlnet.state_dict().items():
+        assert torch.equal(value, saved[key]), key
 
 
 def test_gradient_accumulation_counts_optimizer_steps(train_cfg):
@@ -86,10 +122,13 @@ def test_gradient_accumulation_counts_optimizer_steps(train_cfg):
 
 
 def test_validation_writes_images_and_grid(train_cfg):
-    result = train.run(train_cfg("max_steps=1", "validation_steps=1", "num_validation_images=2",
-                                 "validation_inference_steps=2"))
+    cfg = train_cfg("max_steps=1", "validation_steps=1", "num_validation_images=2", "validation_inference_steps=2")
+    killed = Path(cfg.run_dir) / "validation" / ".tmp-0badc0de-step-1"  # what a killed run leaves
+    killed.mkdir(parents=True)
+    result = train.run(cfg)
     out = result.run_dir / "validation" / "step-1"
     assert sorted(p.name for p in out.iterdir()) == ["00.png", "01.png", "grid.png"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["step-1"]  # the leftover is swept
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
