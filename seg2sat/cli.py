@@ -8,12 +8,16 @@ Hydra (so `--cfg job`, `--multirun` and overrides work the same) and call the st
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from omegaconf import DictConfig
 
 from seg2sat.config import conf_dir
+from seg2sat.errors import Seg2SatError
 
 # subcommand -> (config name, module with run(cfg), one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -30,21 +34,48 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+# Library chatter that tells our users nothing (e.g. transformers' notice that torchvision is
+# absent, diffusers' dtype notes): silenced here, at the entry point, never in the library.
+QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+
+
 def _usage() -> str:
-    lines = ["usage: seg2sat <command> [hydra overrides ...]", "", "commands:"]
+    lines = ["usage: seg2sat <command> [--debug] [hydra overrides ...]", "", "commands:"]
     lines += [f"  {name:<12} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += ["", "examples: seg2sat demo", "          seg2sat prepare data_root=/data/FLAIR workers=8",
-              "          seg2sat train --cfg job   (print the composed config)"]
+              "          seg2sat infer input=maps/ --dry-run   (check the inputs, load nothing)",
+              "          seg2sat train --cfg job   (print the composed config)",
+              "", "errors print one line and exit 2 (bad input or config) or 1 (part of a batch failed);",
+              "--debug (or HYDRA_FULL_ERROR=1) shows the traceback instead."]
     return "\n".join(lines)
 
 
-def hydra_entry(config_name: str, run: Callable[[DictConfig], object]) -> Callable[[], None]:
-    """Wrap `run` in `@hydra.main` for `conf/<config_name>.yaml` (used by the CLI)."""
+def report_error(command: str, exc: Seg2SatError) -> int:
+    """Print a project error as one line on stderr, the way GIS tools do; returns the exit code."""
+    message = " ".join(str(exc).split())  # one line, whatever the message held
+    print(f"seg2sat {command}: error: {message}", file=sys.stderr)
+    return int(getattr(exc, "exit_code", 2))
+
+
+def hydra_entry(config_name: str, run: Callable[[DictConfig], object], command: str | None = None,
+                debug: bool = False) -> Callable[[], None]:
+    """Wrap `run` in `@hydra.main` for `conf/<config_name>.yaml` (used by the CLI).
+
+    A `Seg2SatError` becomes one line on stderr and exit status 2 (bad input or config) or 1
+    (a batch with failed inputs), unless `debug`; anything else keeps its traceback.
+    """
     import hydra
 
     @hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")
     def _main(cfg: DictConfig) -> None:
-        run(cfg)
+        if not debug:  # GDAL reports every refused file at INFO; our own error says it once
+            logging.getLogger("rasterio").setLevel(logging.WARNING)
+        try:
+            run(cfg)
+        except Seg2SatError as exc:
+            if debug:
+                raise
+            raise SystemExit(report_error(command or config_name, exc)) from None
 
     return _main
 
@@ -55,15 +86,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
+    debug = "--debug" in argv or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    argv = ["check=true" if a == "--dry-run" else a for a in argv if a != "--debug"]
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"seg2sat: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    if not debug:
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+        # A plain PNG/JPEG is placed on a local grid on purpose (crs=); GDAL's notice adds nothing.
+        warnings.filterwarnings("ignore", message="Dataset has no geotransform")
     config_name, module_name, _ = COMMANDS[command]
     run = importlib.import_module(module_name).run
     # Hydra reads sys.argv: make it look like `python <stage>.py <overrides>`.
     sys.argv = [f"seg2sat {command}", *rest]
-    hydra_entry(config_name, run)()
+    hydra_entry(config_name, run, command, debug)()
     return 0
 
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 
 class Seg2SatError(Exception):
-    """Base class of all Seg2Sat errors: bad input, missing weights, inconsistent data."""
+    """Base class of all Seg2Sat errors: bad input, missing weights, inconsistent data.
+
+    The command line prints its message as one line and exits with `exit_code`: 2 for bad
+    input or configuration (the default), 1 for a run that failed part of its work.
+    """
+
+    exit_code: int = 2
 
 
 class RasterError(Seg2SatError):
@@ -41,3 +47,13 @@ class TilingError(Seg2SatError, ValueError):
     Sizes off the VAE grid, a grid smaller than the tile, an overlap out of range, an empty
     edit region, an image with no tile border to measure.
     """
+
+
+class BatchError(Seg2SatError):
+    """Some inputs of a batch failed (the others were written); `report` says which and why."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, report: dict | None = None) -> None:
+        super().__init__(message)
+        self.report = report or {}

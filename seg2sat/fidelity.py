@@ -220,7 +220,14 @@ def load_or_train_judge(prepared_dir: str | Path, config: JudgeConfig = JudgeCon
         net.load_state_dict(load_file(weights))
         return Judge(net, config, json.loads((folder / "judge.json").read_text())), False
     log.info("fidelity: training the judge on %d %s images of %s", len(images), split, prepared_dir)
-    judge = train_judge(images, codes, config)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=config.steps, desc="judge", unit="step") as bar:
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.n = step
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=True)
+
+        judge = train_judge(images, codes, config, progress=progress)
     with atomic_dir(folder, overwrite=True) as tmp:
         save_file({k: v.contiguous() for k, v in judge.net.state_dict().items()}, str(tmp / "judge.safetensors"))
         (tmp / "judge.json").write_text(json.dumps({**judge.info, "config": asdict(config)}, indent=2))
@@ -284,11 +291,13 @@ def mask_fidelity(judge: Judge, images: Sequence[np.ndarray] | np.ndarray,
 def generate_images(pipe: Any, codes: np.ndarray, captions: Sequence[str], sampling: dict[str, Any],
                     seed: int, batch_size: int = 8) -> np.ndarray:
     """One image per map (seed `seed + i` for map i), in batches; (N, H, W, 3) uint8."""
+    from tqdm.auto import tqdm
+
     from seg2sat.pipeline import generate_batch
 
     hints = PALETTE[codes]
     out = []
-    for i in range(0, len(codes), batch_size):
+    for i in tqdm(range(0, len(codes), batch_size), desc="generate", unit="batch", leave=False):
         j = min(len(codes), i + batch_size)
         out.append(generate_batch(
             pipe, list(hints[i:j]), list(captions[i:j]), seeds=range(seed + i, seed + j),

@@ -5,7 +5,9 @@ Accepted inputs (each with a specific error that names the file when it is wrong
 - colour-hint images (PNG or GeoTIFF, 3 or 4 uint8 bands in legend colours; hand-drawn ones
   are snapped with `snap=true`);
 - other land-cover rasters (integer or float, with nodata) through a legend mapping
-  (`conf/legend/*.yaml`: source value -> FLAIR code);
+  (`conf/legend/*.yaml`: source value -> FLAIR code), named or recognised with legend="auto"
+  from the raster's colour table or values; without a legend, a raster that is recognisably
+  another product (NLCD, CORINE, WorldCover, ...) is refused rather than read as FLAIR codes;
 - vector layers (GeoPackage, GeoJSON, Shapefile) with a class column, rasterized at a chosen
   resolution, reprojected when asked.
 Resampling to the model's working resolution is nearest-neighbour (codes are never blended).
@@ -13,24 +15,50 @@ Resampling to the model's working resolution is nearest-neighbour (codes are nev
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
+import rasterio.warp
 from affine import Affine
+from omegaconf import OmegaConf
 from PIL import Image
 from rasterio.crs import CRS
+from rasterio.errors import CRSError, RasterioIOError
 
+from seg2sat.config import CONF_DIR
 from seg2sat.errors import GeoreferenceError, LegendError, RasterError, VectorError
 from seg2sat.hints import hint_to_codes, snap_hint
-from seg2sat.labels import BY_CODE, MAX_CODE, OTHER_CODE, code_of
-from seg2sat.raster import check_transform, raster_info, read_raster
+from seg2sat.labels import BY_CODE, OTHER_CODE, OUTSIDE_LEGEND, code_of, describe_counts, in_legend
+from seg2sat.raster import RasterData, check_transform, raster_info, read_raster
+
+log = logging.getLogger(__name__)
 
 VECTOR_SUFFIXES = frozenset({".gpkg", ".geojson", ".json", ".shp", ".fgb"})
 RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".vrt"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+
+LEGEND_DIR: Path = CONF_DIR / "legend"
+# The products `detect_legend` knows: the legends shipped in LEGEND_DIR (a test keeps the two equal).
+KNOWN_LEGENDS: tuple[str, ...] = ("corine", "corine_grid", "dynamic_world", "nc_landsat96", "nlcd", "ocsge", "oso",
+                                  "worldcover")
+AUTO = "auto"  # legend="auto": recognise the product of each file
+# A colour table names a product when most of the product's colours sit at its values. Releases
+# differ by a few units (NLCD's embedded tables against its published legend) while two products'
+# tables agree on a handful of entries at most, so a small tolerance costs no certainty.
+COLOUR_SHARE = 0.6
+COLOUR_TOLERANCE = 8
+# One distinct value proves nothing: a uniform tile of 42 is as likely a wrong file as NLCD forest.
+MIN_DISTINCT_CODES = 2
+_HEX = re.compile(r"#[0-9a-fA-F]{6}")
+_LEGEND_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass
@@ -58,33 +86,345 @@ class Legend:
     mapping: dict[float, int]  # source value -> FLAIR code
     labels: dict[str, float]  # text label (lower case) -> source value, for vector columns
     nodata: float | None = None
+    colors: dict[float, str] = field(default_factory=dict)  # source value -> the product's "#rrggbb"
+    detect_values: bool = True  # may `detect_legend` recognise the product from a raster's values alone
+    extent: tuple[float, float, float, float] | None = None  # west, south, east, north (degrees); None: global
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> Legend:
-        """From a `conf/legend/*.yaml` mapping; FLAIR codes may be given by name."""
+        """From a `conf/legend/*.yaml` mapping; FLAIR codes may be given by name.
+
+        Keys: `name`, `map` (source value -> FLAIR code or class name) or `recode` (`legend`:
+        another legend's name, `values`: source value -> that legend's value), and optional
+        `nodata`, `colors` (source value -> "#rrggbb"), `labels` (text -> source value),
+        `detect_values` (false: only a colour table identifies the product) and `extent` (the
+        product's coverage, [west, south, east, north] in degrees, to tell apart products whose
+        codes overlap).
+
+        Raises:
+            LegendError: naming the legend and the bad entry.
+        """
         name = str(cfg.get("name", "legend"))
-        mapping: dict[float, int] = {}
-        for src, dst in dict(cfg.get("map") or {}).items():
-            code = code_of(str(dst)) if isinstance(dst, str) else int(dst)
-            if code not in BY_CODE:
-                raise LegendError(f"legend {name}: target {dst!r} of {src!r} is not a FLAIR code")
-            mapping[float(src)] = code
-        if not mapping:
-            raise LegendError(f"legend {name}: empty `map`")
-        labels = {str(k).strip().lower(): float(v) for k, v in dict(cfg.get("labels") or {}).items()}
+        if cfg.get("recode") is not None:
+            if cfg.get("map"):
+                raise LegendError(f"legend {name}: give `map` or `recode`, not both")
+            mapping, colors, labels = _recoded(name, cfg["recode"])
+        else:
+            mapping = _parse_map(name, cfg.get("map"))
+            colors = _parse_colors(name, cfg.get("colors"), mapping)
+            labels = _parse_labels(name, cfg.get("labels"), mapping)
         nodata = cfg.get("nodata")
-        return cls(name=name, mapping=mapping, labels=labels, nodata=None if nodata is None else float(nodata))
+        return cls(name=name, mapping=mapping, labels=labels, nodata=None if nodata is None else float(nodata),
+                   colors=colors, detect_values=bool(cfg.get("detect_values", True)),
+                   extent=_parse_extent(name, cfg.get("extent")))
+
+
+def _parse_map(name: str, raw: Mapping[Any, Any] | None) -> dict[float, int]:
+    mapping: dict[float, int] = {}
+    for src, dst in dict(raw or {}).items():
+        try:
+            code = code_of(str(dst)) if isinstance(dst, str) else int(dst)
+        except KeyError as exc:
+            raise LegendError(f"legend {name}: target {dst!r} of {src!r}: {exc.args[0]}") from None
+        if code not in BY_CODE:
+            raise LegendError(f"legend {name}: target {dst!r} of {src!r} is not a FLAIR code")
+        mapping[float(src)] = code
+    if not mapping:
+        raise LegendError(f"legend {name}: empty `map`")
+    return mapping
+
+
+def _parse_colors(name: str, raw: Mapping[Any, Any] | None, mapping: Mapping[float, int]) -> dict[float, str]:
+    colors: dict[float, str] = {}
+    for src, hex_ in dict(raw or {}).items():
+        if float(src) not in mapping:
+            raise LegendError(f"legend {name}: colour of {src!r}, a value that `map` does not list")
+        if not isinstance(hex_, str) or not _HEX.fullmatch(hex_):
+            raise LegendError(f"legend {name}: colour {hex_!r} of {src!r} is not \"#rrggbb\"")
+        colors[float(src)] = hex_.lower()
+    return colors
+
+
+def _parse_labels(name: str, raw: Mapping[Any, Any] | None, mapping: Mapping[float, int]) -> dict[str, float]:
+    labels = {str(k).strip().lower(): float(v) for k, v in dict(raw or {}).items()}
+    for label, value in labels.items():
+        if value not in mapping:
+            raise LegendError(f"legend {name}: label {label!r} points to {value:g}, a value that `map` does not list")
+    return labels
+
+
+def _parse_extent(name: str, raw: Any) -> tuple[float, float, float, float] | None:
+    if raw is None:
+        return None
+    try:
+        west, south, east, north = (float(v) for v in raw)
+    except (TypeError, ValueError):
+        raise LegendError(f"legend {name}: extent {raw!r} is not [west, south, east, north]") from None
+    if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+        raise LegendError(f"legend {name}: extent {raw!r} is not [west, south, east, north] in degrees")
+    return west, south, east, north
+
+
+def _recoded(name: str, recode: Mapping[str, Any]) -> tuple[dict[float, int], dict[float, str], dict[str, float]]:
+    """Map, colours and labels of a legend whose values stand for another legend's values.
+
+    The CORINE raster stores grid codes 1..44 for the CLC codes 111..523: recoding keeps the
+    class mapping (and its judgement calls) in one file.
+    """
+    base = load_named_legend(str(recode.get("legend")))
+    values = {float(k): float(v) for k, v in dict(recode.get("values") or {}).items()}
+    missing = sorted(v for v in values.values() if v not in base.mapping)
+    if missing:
+        raise LegendError(f"legend {name}: recoded values {', '.join(f'{v:g}' for v in missing)} "
+                          f"are not in legend {base.name}")
+    if not values:
+        raise LegendError(f"legend {name}: empty `recode.values`")
+    back = {v: k for k, v in values.items()}
+    mapping = {k: base.mapping[v] for k, v in values.items()}
+    colors = {k: base.colors[v] for k, v in values.items() if v in base.colors}
+    labels = {label: back[v] for label, v in base.labels.items() if v in back}
+    return mapping, colors, labels
+
+
+# ---------------------------------------------------------------------------------------------
+# Known legends, and recognising a product from a raster
+# ---------------------------------------------------------------------------------------------
+
+
+def load_named_legend(name: str) -> Legend:
+    """`conf/legend/NAME.yaml` as a Legend, e.g. `load_named_legend("nlcd")`.
+
+    Raises:
+        LegendError: no such legend; the message lists the known ones.
+    """
+    if not _LEGEND_NAME.fullmatch(name):
+        raise LegendError(f"legend {name!r} is not a legend name; known: {', '.join(KNOWN_LEGENDS)}, or auto")
+    return _load_legend_file(LEGEND_DIR / f"{name}.yaml")
+
+
+@functools.lru_cache(maxsize=64)
+def _load_legend_file(path: Path) -> Legend:
+    if not path.is_file():
+        raise LegendError(f"{path}: no such legend; known: {', '.join(KNOWN_LEGENDS)}, or auto")
+    return Legend.from_config(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+
+
+@dataclass(frozen=True)
+class _Recognition:
+    """What a file looks like: the products it matches (none: FLAIR codes or unknown) and why."""
+
+    candidates: tuple[Legend, ...]
+    reason: str  # "colour table", "values", or why nothing was recognised
+    values: tuple[float, ...] = ()  # the distinct valid values, for messages
+
+
+def _hex_rgb(hex_: str) -> tuple[int, int, int]:
+    return int(hex_[1:3], 16), int(hex_[3:5], 16), int(hex_[5:7], 16)
+
+
+def _colour_share(table: Mapping[int, tuple[int, ...]], legend: Legend) -> float:
+    """Share of the legend's colours that the colour table holds at the same values."""
+    hits = 0
+    for value, hex_ in legend.colors.items():
+        entry = table.get(int(value))
+        if entry is not None and max(abs(a - b) for a, b in zip(entry[:3], _hex_rgb(hex_), strict=True)) \
+                <= COLOUR_TOLERANCE:
+            hits += 1
+    return hits / len(legend.colors)
+
+
+def _by_colour_table(table: Mapping[int, tuple[int, ...]], legends: Iterable[Legend]) -> tuple[Legend, ...]:
+    shares = {lg.name: _colour_share(table, lg) for lg in legends if lg.colors}
+    best = max(shares.values(), default=0.0)
+    if best < COLOUR_SHARE:
+        return ()
+    return tuple(lg for lg in legends if shares.get(lg.name) == best)
+
+
+def _by_values(values: Iterable[float], legends: Iterable[Legend]) -> tuple[Legend, ...]:
+    """Products whose codes hold every value (at least MIN_DISTINCT_CODES of them).
+
+    A product that needs its nodata value to explain the values (NLCD's 0 in a file that does
+    not declare it) counts only when no product explains them without.
+    """
+    present = set(values)
+    exact: list[Legend] = []
+    with_nodata: list[Legend] = []
+    for lg in legends:
+        codes = present & lg.mapping.keys()
+        if not lg.detect_values or len(codes) < MIN_DISTINCT_CODES:
+            continue
+        rest = present - codes
+        if not rest:
+            exact.append(lg)
+        elif rest == {lg.nodata}:
+            with_nodata.append(lg)
+    return tuple(exact or with_nodata)
+
+
+def _covers(legend: Legend, lonlat: tuple[float, float]) -> bool:
+    if legend.extent is None:
+        return True
+    west, south, east, north = legend.extent
+    return west <= lonlat[0] <= east and south <= lonlat[1] <= north
+
+
+def _recognise(values: np.ndarray, table: Mapping[int, tuple[int, ...]] | None,
+               lonlat: tuple[float, float] | None = None) -> _Recognition:
+    """Which known products distinct class values (and a colour table) could come from.
+
+    1. A colour table that is most of a product's colour table names the product, whatever the
+       values: it is the one unambiguous signature (NLCD 11 is water, FLAIR 11 is cropland).
+    2. Values that are all FLAIR codes 1..19 are FLAIR codes: values alone cannot tell FLAIR 11
+       from NLCD 11, and FLAIR is what this package reads without a legend.
+    3. Otherwise, the products whose codes hold every value (`_by_values`). When several do, the
+       raster's location (`lonlat`, its centre) keeps those whose coverage holds it: {11, 12, 21}
+       is NLCD in Colorado and OSO in France. Several left = ambiguous.
+    """
+    legends = [load_named_legend(name) for name in KNOWN_LEGENDS]
+    found = tuple(float(v) for v in values.tolist())
+    if table:
+        by_colour = _by_colour_table(table, legends)
+        if by_colour:
+            return _Recognition(by_colour, "colour table", found)
+    if bool(in_legend(values).all()):
+        return _Recognition((), "values are FLAIR codes", found)
+    by_values = _by_values(found, legends)
+    if len(by_values) > 1 and lonlat is not None:
+        here = tuple(lg for lg in by_values if _covers(lg, lonlat))
+        if here and len(here) < len(by_values):
+            return _Recognition(here, "values and location", found)
+    return _Recognition(by_values, "values" if by_values else "no known product has these values", found)
+
+
+def _centre_lonlat(data: RasterData) -> tuple[float, float] | None:
+    """The raster's centre in degrees, or None without a CRS."""
+    if data.crs is None:
+        return None
+    x, y = data.transform * (data.width / 2, data.height / 2)
+    try:
+        lon, lat = rasterio.warp.transform(data.crs, "EPSG:4326", [x], [y])
+    except (CRSError, ValueError):
+        return None
+    return float(lon[0]), float(lat[0])
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values; integer classes are counted (a bincount), far faster than a sort."""
+    if values.size and values.dtype.kind in "ui":
+        lo, hi = int(values.min()), int(values.max())
+        if hi - lo < 1 << 20:
+            counts = np.bincount(values.ravel().astype(np.intp) - lo)
+            return np.flatnonzero(counts) + lo
+    return np.unique(values)
+
+
+def _colour_table(path: Path) -> dict[int, tuple[int, ...]] | None:
+    """Band 1's colour table, or None (most class rasters have none)."""
+    try:
+        with rasterio.open(path) as src:
+            return dict(src.colormap(1))
+    except (ValueError, RasterioIOError):  # rasterio: ValueError "NULL color table"
+        return None
+
+
+def _is_plain_image(path: Path) -> bool:
+    """A PNG/JPEG without georeferencing: a drawn colour hint, not a class raster."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return False
+    info = raster_info(path)
+    return info["crs"] is None and info["transform"] == Affine.identity()
+
+
+def _valid_mask(values: np.ndarray, nodatas: Iterable[float | None]) -> np.ndarray:
+    """False where a value is any of the nodata values (NaN included)."""
+    valid = np.ones(values.shape, bool)
+    for nodata in nodatas:
+        if nodata is not None:
+            valid &= ~np.isnan(values) if math.isnan(nodata) else values != nodata
+    return valid
+
+
+def _recognise_file(path: Path) -> _Recognition:
+    if path.suffix.lower() in VECTOR_SUFFIXES:
+        return _Recognition((), "a vector layer: its class column is read as FLAIR codes or names")
+    if _is_plain_image(path) or raster_info(path)["count"] != 1:
+        return _Recognition((), "not a single-band class raster")
+    data = read_raster(path, require_crs=False)
+    values = data.array[0]
+    return _recognise(_distinct(values[_valid_mask(values, [data.nodata])]), _colour_table(path),
+                      _centre_lonlat(data))
+
+
+def _list_values(values: tuple[float, ...], limit: int = 10) -> str:
+    shown = ", ".join(f"{v:g}" for v in values[:limit])
+    return shown if len(values) <= limit else f"{shown}, ... ({len(values)} distinct)"
+
+
+def _pass_hint(seen: _Recognition) -> str:
+    names = [lg.name for lg in seen.candidates]
+    if len(names) == 1:
+        return f"pass legend={names[0]} (or legend=auto)"
+    return "pass " + " or ".join(f"legend={n}" for n in names)
+
+
+def _not_flair(path: Path, seen: _Recognition) -> LegendError:
+    """The error for a file read as FLAIR codes that is another product's."""
+    names = " or ".join(lg.name for lg in seen.candidates)
+    if seen.reason == "colour table":
+        return LegendError(f"{path}: its colour table is that of {names}, so its values are not FLAIR codes; "
+                           f"{_pass_hint(seen)}")
+    return LegendError(f"{path}: values {_list_values(seen.values)} are not FLAIR codes; they look like {names}; "
+                       f"{_pass_hint(seen)}")
+
+
+def _chosen(path: Path, seen: _Recognition) -> Legend | None:
+    if len(seen.candidates) > 1:
+        names = " or ".join(lg.name for lg in seen.candidates)
+        what = "its colour table" if seen.reason == "colour table" else f"values {_list_values(seen.values)}"
+        raise LegendError(f"{path}: legend auto cannot choose: {what} could be {names}; {_pass_hint(seen)}")
+    return seen.candidates[0] if seen.candidates else None
+
+
+def detect_legend(path: str | Path) -> Legend | None:
+    """The known product a single-band raster holds, or None for FLAIR codes (or no product).
+
+    The colour table decides first, then the set of values; see `_recognise` for the rules.
+    Vector layers, colour hints and multi-band rasters give None.
+
+    Raises:
+        LegendError: the file matches several products equally (e.g. values 90, 95: NLCD
+            wetlands or WorldCover wetland and mangroves); the message lists them.
+    """
+    path = Path(path)
+    return _chosen(path, _recognise_file(path))
+
+
+def resolve_legend(path: str | Path, legend: Legend | str | None) -> Legend | None:
+    """The legend to read `path` with: a Legend as given, a name in `conf/legend/`, or "auto".
+
+    "auto" runs `detect_legend` on the file and logs its choice and the evidence, e.g.
+    `x.tif: legend auto -> nlcd (colour table)`. None means FLAIR codes (or FLAIR class names in a
+    vector layer), which the readers still check: a raster that is clearly another product is
+    refused rather than read as FLAIR codes.
+
+    Raises:
+        LegendError: an unknown legend name, or "auto" on a file that matches several products.
+    """
+    if legend is None or isinstance(legend, Legend):
+        return legend
+    if legend.strip().lower() != AUTO:
+        return load_named_legend(legend.strip())
+    path = Path(path)
+    seen = _recognise_file(path)
+    chosen = _chosen(path, seen)
+    log.info("%s: legend auto -> %s (%s)", path, chosen.name if chosen else "none", seen.reason)
+    return chosen
 
 
 # ---------------------------------------------------------------------------------------------
 # Value -> code
 # ---------------------------------------------------------------------------------------------
-
-
-def _count_detail(values: np.ndarray, limit: int = 8) -> str:
-    uniq, counts = np.unique(values, return_counts=True)
-    order = np.argsort(-counts)[:limit]
-    return ", ".join(f"{uniq[i]:g}: {counts[i]} px" for i in order)
 
 
 def map_values(values: np.ndarray, valid: np.ndarray, legend: Legend | None, source: Path,
@@ -98,9 +438,9 @@ def map_values(values: np.ndarray, valid: np.ndarray, legend: Legend | None, sou
         frac = v != np.round(v)
         if frac.any():
             raise LegendError(f"{source}: {int(frac.sum())} class values are not whole numbers "
-                              f"({_count_detail(v[frac])}); a class raster must hold integer codes")
+                              f"({describe_counts(v[frac])}); a class raster must hold integer codes")
     if legend is None:
-        known = (v >= 1) & (v <= MAX_CODE)
+        known = in_legend(v)
         mapped = np.where(known, v, OTHER_CODE).astype(np.uint8)
     else:
         lut_src = np.array(sorted(legend.mapping), np.float64)
@@ -109,8 +449,8 @@ def map_values(values: np.ndarray, valid: np.ndarray, legend: Legend | None, sou
         known = lut_src[idx] == v
         mapped = np.where(known, lut_dst[idx], OTHER_CODE).astype(np.uint8)
     if not known.all():
-        what = f"not in legend {legend.name}" if legend else f"outside the FLAIR legend 1..{MAX_CODE}"
-        msg = f"{source}: {int((~known).sum())} pixels hold class values {what} ({_count_detail(v[~known])})"
+        what = f"not in legend {legend.name}" if legend else OUTSIDE_LEGEND
+        msg = f"{source}: {int((~known).sum())} pixels hold class values {what} ({describe_counts(v[~known])})"
         if not unknown_to_other:
             raise LegendError(msg + "; pass a legend mapping, or unknown_to_other=true to map them to 'other'")
     out[valid] = mapped
@@ -149,26 +489,24 @@ def read_landcover_raster(path: str | Path, legend: Legend | None = None, *, sna
 
     Args:
         path: GeoTIFF (or PNG colour hint).
-        legend: mapping for rasters in another class scheme.
+        legend: mapping for rasters in another class scheme; None reads FLAIR codes and refuses a
+            single-band raster that is recognisably another product (`detect_legend`).
         snap: snap colour hints to legend colours (hand-drawn maps).
         crs: CRS to assume when the file has none (a file without CRS is refused otherwise).
         unknown_to_other: map values outside the legend to "other" instead of failing.
         allow_no_crs: accept plain images without georeferencing (PNG hints in the app).
     """
     path = Path(path)
-    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
-        info = raster_info(path)
-        if info["crs"] is None and info["transform"] == Affine.identity():
-            if not (allow_no_crs or crs):
-                raise GeoreferenceError(f"{path}: a plain image has no georeferencing; pass crs= (and "
-                                        "resolution=) or use a GeoTIFF")
-            return _read_image_hint(path, snap, crs, None)
+    if _is_plain_image(path):
+        if not (allow_no_crs or crs):
+            raise GeoreferenceError(f"{path}: a plain image has no georeferencing; pass crs= (and "
+                                    "resolution=) or use a GeoTIFF")
+        return _read_image_hint(path, snap, crs, None)
     data = read_raster(path, crs=crs)
     check_transform(data.transform, path)
     if abs(abs(data.transform.e) - data.transform.a) > 1e-9 * max(1.0, data.transform.a):
         raise GeoreferenceError(f"{path}: non-square pixels ({data.transform.a} x {abs(data.transform.e)}); "
                                 "resample to square pixels first")
-    nodata = legend.nodata if legend is not None and legend.nodata is not None and data.nodata is None else data.nodata
     if data.count in (3, 4) and data.array.dtype == np.uint8 and legend is None:
         image = np.moveaxis(data.array, 0, -1)
         valid = data.valid_mask() if data.nodata is not None else np.ones(image.shape[:2], bool)
@@ -181,18 +519,29 @@ def read_landcover_raster(path: str | Path, legend: Legend | None = None, *, sna
     if data.count != 1:
         raise RasterError(f"{path}: {data.count} bands of {data.array.dtype}; a class raster has one band "
                           "(or 3/4 uint8 bands for a colour hint)")
+    return _read_class_band(path, data, legend, unknown_to_other)
+
+
+def _read_class_band(path: Path, data: RasterData, legend: Legend | None, unknown_to_other: bool) -> LandCover:
+    """One band of class values -> LandCover; without a legend, refuses another product's values.
+
+    Both the file's nodata and the legend's are masked: a product's fill value is never a class,
+    whatever the file declares (Annual NLCD declares 250 while the classic releases use 0).
+    """
     values = data.array[0]
     if values.dtype.kind not in "uif":
         raise RasterError(f"{path}: dtype {values.dtype} is not a class raster")
-    if nodata is None:
-        valid = np.ones(values.shape, bool)
-    elif isinstance(nodata, float) and math.isnan(nodata):
-        valid = ~np.isnan(values)
-    else:
-        valid = values != nodata
+    nodatas = [data.nodata, legend.nodata if legend is not None else None]
+    valid = _valid_mask(values, nodatas)
     if not valid.any():
-        raise RasterError(f"{path}: every pixel is nodata ({nodata}); nothing to generate")
+        shown = " and ".join(f"{n:g}" for n in dict.fromkeys(nodatas) if n is not None)
+        raise RasterError(f"{path}: every pixel is nodata ({shown}); nothing to generate")
+    if legend is None:
+        seen = _recognise(_distinct(values[valid]), _colour_table(path), _centre_lonlat(data))
+        if seen.candidates:
+            raise _not_flair(path, seen)
     codes = map_values(values, valid, legend, path, unknown_to_other)
+    nodata = data.nodata if data.nodata is not None else (legend.nodata if legend is not None else None)
     return _finish(codes, valid, data.crs, data.transform, path, nodata)
 
 
@@ -272,7 +621,7 @@ def _vector_code(value: Any, legend: Legend | None, path: Path, column: str, unk
                 return code_of(value)
             except KeyError:
                 pass
-        elif value is not None and float(value) in range(1, MAX_CODE + 1):
+        elif value is not None and in_legend(float(value)):
             return int(value)
     if unknown_to_other:
         return OTHER_CODE
@@ -280,11 +629,12 @@ def _vector_code(value: Any, legend: Legend | None, path: Path, column: str, unk
     raise LegendError(f"{path}: {column}={value!r} is not in {known}; pass legend=..., or unknown_to_other=true")
 
 
-def read_landcover(path: str | Path, *, legend: Legend | None = None, column: str = "class",
+def read_landcover(path: str | Path, *, legend: Legend | str | None = None, column: str = "class",
                    vector_resolution: float = 0.2, snap: bool = False, crs: str | None = None,
                    unknown_to_other: bool = False, allow_no_crs: bool = False) -> LandCover:
-    """Any supported input, by file type."""
+    """Any supported input, by file type; `legend` may be a Legend, a name or "auto" (`resolve_legend`)."""
     path = Path(path)
+    legend = resolve_legend(path, legend)
     if path.suffix.lower() in VECTOR_SUFFIXES:
         return read_landcover_vector(path, column, vector_resolution, legend, crs=crs,
                                      unknown_to_other=unknown_to_other)

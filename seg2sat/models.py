@@ -373,6 +373,19 @@ def _resolve_base(folder: Path, base: str) -> str:
     return str(candidate) if candidate.exists() else base
 
 
+def peek_model(source: str | Path) -> LoadedModel:
+    """What a model folder says about itself (tile, info), without loading any weights (`pipe` None).
+
+    Lets a run check its inputs (windows, sampling) before the slow load. A hub id or plain
+    ControlNet folder says nothing: Stable Diffusion's 512 px tile is assumed until it loads.
+    """
+    if str(source) == TINY_RANDOM:
+        return LoadedModel(pipe=None, tile=TINY_RESOLUTION, info={}, source=str(source))
+    folder = Path(source).expanduser()
+    info = read_model_info(folder) if (folder / MODEL_INFO).exists() else {}
+    return LoadedModel(pipe=None, tile=int(info.get("resolution") or 512), info=info, source=str(source))
+
+
 def load_model(source: str | Path, base: str | Path | None = None, device: str | torch.device = "cpu",
                dtype: torch.dtype | None = None, scheduler: str | None = "unipc",
                lora: str | None = None) -> LoadedModel:

@@ -171,6 +171,46 @@ def read_raster(
         return RasterData(array=array, crs=src_crs, transform=transform, nodata=src.nodata, path=path)
 
 
+PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def local_transform(height: int, resolution: float = FLAIR_RESOLUTION) -> Affine:
+    """The grid given to a plain image (PNG/JPEG, no georeferencing).
+
+    `resolution` per pixel, bottom-left corner at (0, 0): a plain map and a plain photo of the
+    same size share it, so one can edit the other.
+    """
+    return Affine(resolution, 0, 0, 0, -resolution, height * resolution)
+
+
+def is_plain_image(path: str | Path) -> bool:
+    """A PNG/JPEG with neither CRS nor geotransform (a photo, a hand-drawn map)."""
+    if Path(path).suffix.lower() not in PLAIN_IMAGE_SUFFIXES:
+        return False
+    info = raster_info(path)
+    return info["crs"] is None and info["transform"] == Affine.identity()
+
+
+def read_image(path: str | Path, crs: CRS | str | None = None, resolution: float = FLAIR_RESOLUTION) -> RasterData:
+    """A georeferenced raster as `read_raster` reads it, or a plain PNG/JPEG on `local_transform`.
+
+    A plain image needs `crs` (the CRS its outputs are written in), so a run never writes an
+    output that looks georeferenced by accident.
+    """
+    path = Path(path)
+    if not is_plain_image(path):
+        return read_raster(path, crs=crs)
+    if crs is None:
+        raise GeoreferenceError(f"{path}: a plain image has no georeferencing; pass crs= (e.g. crs=EPSG:2154) "
+                                "to place it on a local grid, or use a GeoTIFF")
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    return RasterData(array=np.moveaxis(rgb, -1, 0).copy(), crs=CRS.from_user_input(crs),
+                      transform=local_transform(rgb.shape[0], resolution), nodata=None, path=path)
+
+
 def read_flair_img(path: str | Path, window: Window | None = None) -> RasterData:
     """A FLAIR IMG tile: 5 uint8 bands (R, G, B, NIR, elevation), georeferenced."""
     path = Path(path)

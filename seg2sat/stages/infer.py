@@ -14,6 +14,7 @@ world-th file).
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import math
 import platform
@@ -31,33 +32,52 @@ from rasterio.windows import Window as RioWindow
 
 from seg2sat import prompts
 from seg2sat.atomic import atomic_path, write_json
-from seg2sat.errors import RasterError, Seg2SatError
+from seg2sat.errors import BatchError, RasterError, Seg2SatError
+from seg2sat.labels import class_shares
 from seg2sat.landcover import (
+    AUTO,
     RASTER_SUFFIXES,
     VECTOR_SUFFIXES,
     LandCover,
     Legend,
     nearest_resize,
     read_landcover,
+    resolve_legend,
     to_resolution,
 )
-from seg2sat.models import LoadedModel, resolve_device_dtype
-from seg2sat.raster import RasterData, open_geotiff_writer, read_raster
+from seg2sat.models import LoadedModel, peek_model, resolve_device_dtype
+from seg2sat.raster import RasterData, open_geotiff_writer, read_image
 from seg2sat.sampling import Sampling
-from seg2sat.tiling import generate_tiled, pad_to_tile, regional_edit
+from seg2sat.tiling import generate_tiled, pad_to_tile, regional_edit, windows_for
 
 log = logging.getLogger(__name__)
 SIDECAR_SUFFIX = ".json"
 
 
 @dataclass
+class InputCheck:
+    """One input as `infer` will see it, found before any model is loaded."""
+
+    input: Path
+    size: tuple[int, int]  # (width, height) of the output
+    crs: str | None
+    resolution: float  # work resolution (CRS units per pixel)
+    classes: list[str]
+    windows: int
+    legend: str | None
+
+
+@dataclass
 class InferResult:
-    """What a run wrote and skipped."""
+    """What a run wrote, skipped (already finished), checked and could not do."""
 
     outputs: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # input -> reason
+    checked: list[InputCheck] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     windows: int = 0
+    report: Path | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,8 +114,11 @@ def is_finished(paths: dict[str, Path]) -> bool:
     return paths["tif"].exists() and paths["json"].exists()
 
 
-def load_legend(group: Any, file: str | None = None) -> Legend | None:
-    """The legend chosen as a config group (`legend=nc_landsat96`) or a YAML file (`legend_file=...`)."""
+def load_legend(group: Any, file: str | None = None) -> Legend | str | None:
+    """The legend chosen as a config group (`legend=nlcd`), a YAML file (`legend_file=...`), or "auto".
+
+    With `legend=auto` each input's product is recognised by `landcover.resolve_legend`.
+    """
     if file:
         path = Path(file)
         if not path.exists():
@@ -103,6 +126,8 @@ def load_legend(group: Any, file: str | None = None) -> Legend | None:
         return Legend.from_config(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
     if not group:
         return None
+    if str(group.get("name", "")).lower() == AUTO:
+        return AUTO
     return Legend.from_config(OmegaConf.to_container(group, resolve=True))
 
 
@@ -134,12 +159,16 @@ def prompt_for(cfg: DictConfig, lc: LandCover) -> str:
 
 
 def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import diffusers
     import rasterio
 
-    import seg2sat
-
-    return {"seg2sat": getattr(seg2sat, "__version__", "0"), "torch": torch.__version__,
+    try:
+        ours = version("seg2sat")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        ours = "unknown (not installed)"
+    return {"seg2sat": ours, "torch": torch.__version__,
             "diffusers": diffusers.__version__, "rasterio": rasterio.__version__,
             "python": platform.python_version()}
 
@@ -158,13 +187,11 @@ def write_preview(tif: Path, dest: Path, size: int) -> Path:
 
 
 def generate_file(cfg: DictConfig, model: LoadedModel, sampling: Sampling, src: Path, paths: dict[str, Path],
-                  legend: Legend | None, progress: Any = None) -> dict[str, Any]:
+                  legend: Legend | str | None, progress: Any = None) -> dict[str, Any]:
     """Generate one input; returns the sidecar record."""
     # 1. Read, move to the work resolution, pad.
-    lc = read_landcover(src, legend=legend, column=str(cfg.class_column),
-                        vector_resolution=float(cfg.vector_resolution), snap=bool(cfg.snap),
-                        crs=cfg.crs, unknown_to_other=bool(cfg.unknown_to_other))
-    work = to_resolution(lc, None if cfg.work_resolution is None else float(cfg.work_resolution))
+    legend = resolve_legend(src, legend)
+    lc, work = _read_input(cfg, src, legend)
     out_res = float(cfg.output_resolution) if cfg.output_resolution is not None else lc.resolution
     out_h = max(1, round(lc.codes.shape[0] * lc.resolution / out_res))
     out_w = max(1, round(lc.codes.shape[1] * lc.resolution / out_res))
@@ -209,6 +236,7 @@ def generate_file(cfg: DictConfig, model: LoadedModel, sampling: Sampling, src: 
         write_preview(paths["tif"], paths["preview"], int(cfg.preview_size))
     return {"input": str(src), "output": str(paths["tif"]), "model": str(cfg.model_path), "base": cfg.base_model,
             "prompt": prompt, "scheduler": str(cfg.scheduler), "lora": cfg.lora, **sampling.kwargs(),
+            "legend": legend.name if isinstance(legend, Legend) else None,
             "work_resolution": work.resolution, "output_resolution": out_res, "crs": str(lc.crs) if lc.crs else None,
             "size": [out_w, out_h], "windows": result.windows, "versions": _versions()}
 
@@ -249,7 +277,7 @@ def region_on_grid(path: Path, image: RasterData, image_path: Path, column: str)
 
 
 def edit_file(cfg: DictConfig, model: LoadedModel, sampling: Sampling, src: Path, paths: dict[str, Path],
-              legend: Legend | None) -> dict[str, Any]:
+              legend: Legend | str | None) -> dict[str, Any]:
     """Regenerate the area `src` (new land cover) covers in `edit.image`; the rest stays identical.
 
     Inside the region the image is replaced; over `edit.margin` pixels outside it the new
@@ -257,7 +285,7 @@ def edit_file(cfg: DictConfig, model: LoadedModel, sampling: Sampling, src: Path
     bit for bit. The new map must be on the image's grid (same CRS and pixel size, aligned).
     """
     image_path = Path(cfg.edit.image)
-    image = read_raster(image_path, crs=cfg.crs)
+    image = read_image(image_path, crs=cfg.crs)
     if image.count < 3 or image.array.dtype != np.uint8:
         raise RasterError(f"{image_path}: an aerial image needs 3 uint8 bands, got {image.count} of {image.array.dtype}")
     lc = read_landcover(src, legend=legend, column=str(cfg.class_column), vector_resolution=image.transform.a,
@@ -310,10 +338,86 @@ def edit_file(cfg: DictConfig, model: LoadedModel, sampling: Sampling, src: Path
 # ---------------------------------------------------------------------------------------------
 
 
-def run(cfg: DictConfig, model: LoadedModel | None = None) -> InferResult:
-    """Generate every input not finished yet; returns written and skipped outputs.
+def _read_input(cfg: DictConfig, src: Path, legend: Legend | None) -> tuple[LandCover, LandCover]:
+    """An input at its own resolution and at the work resolution (`legend` already resolved)."""
+    lc = read_landcover(src, legend=legend, column=str(cfg.class_column),
+                        vector_resolution=float(cfg.vector_resolution), snap=bool(cfg.snap),
+                        crs=cfg.crs, unknown_to_other=bool(cfg.unknown_to_other))
+    return lc, to_resolution(lc, None if cfg.work_resolution is None else float(cfg.work_resolution))
 
-    `model` reuses a loaded model (the app's shared one) instead of loading `cfg.model_path`.
+
+def check_input(cfg: DictConfig, src: Path, legend: Legend | str | None, sampling: Sampling) -> InputCheck:
+    """Read and validate one input (bands, dtype, georeferencing, legend, size) as `infer` will.
+
+    Raises the reader's error (naming the file) for a bad input; nothing is loaded or written.
+    """
+    legend = resolve_legend(src, legend)
+    lc, work = _read_input(cfg, src, legend)
+    if cfg.edit.image:
+        image_path = Path(cfg.edit.image)
+        image = read_image(image_path, crs=cfg.crs)
+        if image.count < 3 or image.array.dtype != np.uint8:
+            raise RasterError(f"{image_path}: an aerial image needs 3 uint8 bands, got {image.count} of "
+                              f"{image.array.dtype}")
+    padded = pad_to_tile(work.codes, sampling.tile)
+    out_res = float(cfg.output_resolution) if cfg.output_resolution is not None else lc.resolution
+    size = (max(1, round(lc.codes.shape[1] * lc.resolution / out_res)),
+            max(1, round(lc.codes.shape[0] * lc.resolution / out_res)))
+    return InputCheck(input=src, size=size, crs=str(lc.crs) if lc.crs else None, resolution=work.resolution,
+                      classes=list(class_shares(work.codes, work.valid)), legend=legend.name if legend else None,
+                      windows=len(windows_for(*padded.shape, sampling.tile, sampling.overlap)))
+
+
+def _seconds_per_window_step(out_dir: Path) -> float | None:
+    """This machine's measured pace: the sidecars of earlier runs into the same folder."""
+    work = seconds = 0.0
+    for sidecar in out_dir.glob(f"*.tif{SIDECAR_SUFFIX}"):
+        try:
+            record = json.loads(sidecar.read_text(encoding="utf-8"))
+            work += float(record["windows"]) * float(record["steps"])
+            seconds += float(record["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return seconds / work if work > 0 else None
+
+
+def check_table(result: InferResult, steps: int, pace: float | None) -> str:
+    """The dry run's table: what each input is and what it will cost."""
+    rows = [("file", "size (px)", "CRS", "resolution", "classes", "windows", "estimate")]
+    for c in result.checked:
+        estimate = f"~{c.windows * steps * pace:.0f} s" if pace else "unknown (no earlier run here)"
+        rows.append((c.input.name, f"{c.size[0]}x{c.size[1]}", c.crs or "-", f"{c.resolution:g}",
+                     ", ".join(c.classes[:4]) + (f" (+{len(c.classes) - 4})" if len(c.classes) > 4 else ""),
+                     str(c.windows), estimate))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines += [f"already finished (skipped): {p}" for p in result.skipped]
+    lines += [f"FAILED: {reason}" for reason in result.failed.values()]
+    return "\n".join(lines)
+
+
+def _finish(result: InferResult, out_dir: Path, state: Any, total: int) -> InferResult:
+    """Write the run's report (done, skipped, failed with reasons); raise when an input failed."""
+    report = {"done": [str(p) for p in result.outputs], "skipped_finished": [str(p) for p in result.skipped],
+              "failed": result.failed, "inputs": total}
+    name = "report.json" if state.num_processes == 1 else f"report-{state.process_index}.json"
+    result.report = write_json(out_dir / name, report)
+    summary = (f"{len(result.outputs)} done, {len(result.skipped)} skipped (already finished), "
+               f"{len(result.failed)} failed")
+    log.info("infer: %s -> %s", summary, result.report)
+    if result.failed:
+        first, reason = next(iter(result.failed.items()))
+        raise BatchError(f"{summary} of {total} inputs; first: {reason.rstrip('.')}; see {result.report}", report)
+    return result
+
+
+def run(cfg: DictConfig, model: LoadedModel | None = None) -> InferResult:
+    """Generate every input not finished yet; returns what was written, skipped and checked.
+
+    Every input is read and checked before the model loads; a bad input in a batch is reported
+    and skipped while the others are generated, and the run ends with `report.json` and a
+    `BatchError` if any failed (a single input raises its own error). `check=true` stops after
+    the checks and prints a table. `model` reuses a loaded model (the app's shared one).
     """
     from tqdm.auto import tqdm
 
@@ -321,7 +425,6 @@ def run(cfg: DictConfig, model: LoadedModel | None = None) -> InferResult:
     state = process_state()
     files = find_inputs(str(cfg.input))[state.process_index::state.num_processes]
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.edit.image and len(files) != 1:
         raise Seg2SatError(f"edit.image takes one land-cover input, got {len(files)}")
     result = InferResult()
@@ -335,15 +438,33 @@ def run(cfg: DictConfig, model: LoadedModel | None = None) -> InferResult:
     if not todo:
         log.info("infer: all %d outputs already finished in %s", len(files), out_dir)
         return result
-    # 2. Model, once.
-    t0 = time.perf_counter()
-    device, dtype = resolve_device_dtype(str(cfg.device), str(cfg.dtype))
+    # 2. Check every input before the model loads; a batch skips (and reports) bad ones.
     legend = load_legend(cfg.get("legend"), cfg.get("legend_file"))
-    model = model if model is not None else load_model(cfg, device, dtype)
-    sampling = Sampling.from_config(cfg, model)
+    settings = Sampling.from_config(cfg, model or peek_model(str(cfg.model_path)))
+    good = []
+    for src, paths in todo:
+        try:
+            result.checked.append(check_input(cfg, src, legend, settings))
+            good.append((src, paths))
+        except Seg2SatError as exc:
+            if len(files) == 1:
+                raise
+            result.failed[str(src)] = str(exc)
+            log.warning("infer: skipping %s", exc)
+    if cfg.check:
+        print(check_table(result, settings.steps, _seconds_per_window_step(out_dir)))
+        if result.failed:
+            raise BatchError(f"{len(result.failed)} of {len(files)} inputs would fail (listed above)")
+        return result
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # 3. Model, once.
+    t0 = time.perf_counter()
+    if good and model is None:
+        model = load_model(cfg, *resolve_device_dtype(str(cfg.device), str(cfg.dtype)))
+        settings = Sampling.from_config(cfg, model)  # a hub model's tile is known once loaded
     result.seconds["load"] = round(time.perf_counter() - t0, 2)
-    # 3. Files, one after the other; windows inside a file are batched.
-    for src, paths in tqdm(todo, desc="files", disable=not state.is_main_process or len(todo) < 2):
+    # 4. Files, one after the other; windows inside a file are batched.
+    for src, paths in tqdm(good, desc="files", disable=not state.is_main_process or len(good) < 2):
         t0 = time.perf_counter()
         bar = tqdm(desc=src.name, unit="win", leave=False, disable=not state.is_main_process)
 
@@ -352,11 +473,17 @@ def run(cfg: DictConfig, model: LoadedModel | None = None) -> InferResult:
             bar.n = done
             bar.refresh()
 
-        if cfg.edit.image:
-            record = edit_file(cfg, model, sampling, src, paths, legend)
-        else:
-            record = generate_file(cfg, model, sampling, src, paths, legend, progress)
-        bar.close()
+        try:
+            record = (edit_file(cfg, model, settings, src, paths, legend) if cfg.edit.image
+                      else generate_file(cfg, model, settings, src, paths, legend, progress))
+        except Seg2SatError as exc:
+            if len(files) == 1:
+                raise
+            result.failed[str(src)] = str(exc)
+            log.warning("infer: %s", exc)
+            continue
+        finally:
+            bar.close()
         record["seconds"] = round(time.perf_counter() - t0, 2)
         record["process"] = f"{state.process_index}/{state.num_processes}"
         write_json(paths["json"], record)
@@ -364,4 +491,5 @@ def run(cfg: DictConfig, model: LoadedModel | None = None) -> InferResult:
         result.windows += int(record.get("windows", 0))
         result.seconds[src.name] = record["seconds"]
         log.info("infer: %s -> %s (%.1f s)", src, paths["tif"], record["seconds"])
-    return result
+    # 5. The report, and an error if anything failed.
+    return _finish(result, out_dir, state, len(files))

@@ -1,0 +1,156 @@
+"""The command line as a GIS user meets it: one-line errors, checks before loading, batches that survive."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from importlib.metadata import version
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from PIL import Image
+
+from seg2sat.hints import codes_to_hint
+from seg2sat.raster import FLAIR_CRS, write_geotiff
+
+GRID = Affine(0.2, 0, 1000, 0, -0.2, 2000)
+FAST = ["model_path=tiny-random", "steps=2", "preview=false"]
+
+
+def seg2sat(*args, cwd):
+    """`seg2sat ...` in a subprocess, as a user runs it; returns (exit status, stdout, stderr)."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([sys.executable, "-m", "seg2sat.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _map(path, value=6, shape=(64, 96)):
+    codes = np.full((1, *shape), value, np.uint8)
+    codes[0, 20:40] = 5
+    return write_geotiff(path, codes, FLAIR_CRS, GRID)
+
+
+def _rotated(path):
+    with rasterio.open(path, "w", driver="GTiff", width=32, height=32, count=1, dtype="uint8", crs=FLAIR_CRS,
+                       transform=Affine(0.2, 0.05, 1000, 0.05, -0.2, 2000)) as dst:
+        dst.write(np.full((1, 32, 32), 5, np.uint8))
+
+
+@pytest.mark.parametrize(("make", "problem"), [
+    (lambda p: p.write_bytes(b""), "empty file (0 bytes)"),
+    (lambda p: p.write_text("not a raster"), "not a readable raster"),
+    (lambda p: write_geotiff(p, np.full((1, 64, 64), 42, np.uint8), FLAIR_CRS, GRID),
+     "4096 pixels hold class values outside the FLAIR legend"),
+    (lambda p: _rotated(p), "rotated or sheared geotransform (b=0.05, d=0.05) is not supported; warp it north-up"),
+    (lambda p: write_geotiff(p, np.full((1, 32, 32), np.nan, np.float32), FLAIR_CRS, GRID),
+     "1024 NaN/inf class values outside nodata"),
+    (lambda p: write_geotiff(p, np.random.default_rng(0).random((5, 32, 32)).astype(np.float32), FLAIR_CRS, GRID),
+     "5 bands of float32; a class raster has one band (or 3/4 uint8 bands for a colour hint)"),
+])
+def test_a_bad_input_is_one_line_and_exit_2_before_any_model_loads(tmp_path, make, problem):
+    bad = tmp_path / "bad.tif"
+    make(bad)
+    # The model folder does not exist: had it been loaded first, the error would be about it.
+    rc, out, err = seg2sat("infer", f"input={bad}", f"model_path={tmp_path / 'no-model'}",
+                           f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert rc == 2
+    assert err.strip().splitlines() == [err.strip()], err  # one line, no traceback, no library notices
+    assert err.startswith(f"seg2sat infer: error: {bad}: ") and problem in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_input_and_debug_traceback(tmp_path):
+    rc, _, err = seg2sat("infer", "input=nowhere.tif", *FAST, cwd=tmp_path)
+    assert (rc, err.strip()) == (2, "seg2sat infer: error: nowhere.tif: input not found")
+    rc, _, err = seg2sat("infer", "input=nowhere.tif", "--debug", *FAST, cwd=tmp_path)
+    assert rc != 0 and "Traceback" in err and "Seg2SatError: nowhere.tif: input not found" in err
+
+
+def test_a_batch_survives_a_bad_file_and_reports_it(tmp_path):
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    _map(maps / "a.tif")
+    _map(maps / "b.tif", value=11)
+    (maps / "notes.tif").write_text("hello")
+    out = tmp_path / "out"
+    rc, _, err = seg2sat("infer", f"input={maps}", f"output_dir={out}", *FAST, cwd=tmp_path)
+    assert rc == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("seg2sat infer: error: 2 done, 0 skipped (already finished), 1 failed of 3 inputs; "
+                           f"first: {maps / 'notes.tif'}: not a readable raster")
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif", "a.tif.json", "b.tif", "b.tif.json", "report.json"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["done"] == [str(out / "a.tif"), str(out / "b.tif")] and report["inputs"] == 3
+    assert list(report["failed"]) == [str(maps / "notes.tif")]
+    with rasterio.open(out / "a.tif") as src:
+        assert src.crs == FLAIR_CRS and src.transform == GRID and (src.width, src.height) == (96, 64)
+    sidecar = json.loads((out / "a.tif.json").read_text())
+    assert sidecar["versions"]["seg2sat"] == version("seg2sat")
+    # A rerun skips what is finished and fails again on the same file only.
+    rc, _, err = seg2sat("infer", f"input={maps}", f"output_dir={out}", *FAST, cwd=tmp_path)
+    assert rc == 1 and "0 done, 2 skipped (already finished), 1 failed of 3 inputs" in err
+
+
+def test_dry_run_prints_a_table_and_writes_nothing(tmp_path):
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    _map(maps / "a.tif", shape=(64, 160))
+    out = tmp_path / "out"
+    rc, stdout, err = seg2sat("infer", f"input={maps}", f"output_dir={out}", "--dry-run", *FAST, cwd=tmp_path)
+    assert rc == 0, err
+    header, row = [line for line in stdout.splitlines() if line.startswith(("file", "a.tif"))]
+    assert header.split()[:4] == ["file", "size", "(px)", "CRS"]
+    assert row.split()[:5] == ["a.tif", "160x64", "EPSG:2154", "0.2", "coniferous,"]
+    # windows of 64 px with a 16 px overlap over 160 px; no earlier run here to time them by
+    assert re.search(r"\s3\s+unknown \(no earlier run here\)$", row), row
+    assert not out.exists()
+    (maps / "broken.tif").write_bytes(b"")
+    rc, stdout, err = seg2sat("infer", f"input={maps}", f"output_dir={out}", "--dry-run", *FAST, cwd=tmp_path)
+    assert rc == 1 and f"FAILED: {maps / 'broken.tif'}: empty file (0 bytes)" in stdout
+    assert err.strip().splitlines()[-1] == "seg2sat infer: error: 1 of 2 inputs would fail (listed above)"
+
+
+def test_edit_a_plain_photo_from_the_command_line(tmp_path):
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    # A plain map shares the photo's local grid from its bottom-left corner: this 24 x 32 lake
+    # covers rows 40..64 and columns 0..32 of the photo.
+    Image.fromarray(codes_to_hint(np.full((24, 32), 5, np.uint8))).save(tmp_path / "lake.png")
+    out = tmp_path / "out"
+    rc, _, err = seg2sat("infer", "input=lake.png", "edit.image=photo.png", "crs=EPSG:2154", "edit.margin=4",
+                         f"output_dir={out}", *FAST, cwd=tmp_path)
+    assert rc == 0, err
+    with rasterio.open(out / "lake.tif") as src:
+        new = np.moveaxis(src.read(), 0, -1)
+        assert src.crs == FLAIR_CRS and src.transform == Affine(0.2, 0, 0, 0, -0.2, 64 * 0.2)
+    np.testing.assert_array_equal(new[:36], photo[:36])  # beyond the 4 px margin: untouched
+    np.testing.assert_array_equal(new[:, 36:], photo[:, 36:])
+    assert np.abs(new[40:, :32].astype(int) - photo[40:, :32]).mean() > 20
+    rc, _, err = seg2sat("infer", "input=lake.png", "edit.image=photo.png", f"output_dir={tmp_path / 'o2'}", *FAST,
+                         cwd=tmp_path)
+    assert rc == 2 and "pass crs=" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_foreign_product_is_refused_without_legend_and_recognised_with_auto(tmp_path):
+    # US NLCD codes (open water, deciduous forest, cultivated crops) in its CONUS Albers grid.
+    codes = np.full((1, 64, 64), 41, np.uint8)
+    codes[0, :20] = 11
+    codes[0, :, 40:] = 82
+    nlcd = write_geotiff(tmp_path / "nlcd.tif", codes, "EPSG:5070", Affine(30, 0, -1_000_000, 0, -30, 2_000_000))
+    rc, _, err = seg2sat("infer", f"input={nlcd}", "work_resolution=null", f"output_dir={tmp_path / 'o'}", *FAST,
+                         cwd=tmp_path)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "are not FLAIR codes; they look like nlcd; pass legend=nlcd (or legend=auto)" in err
+    assert not (tmp_path / "o").exists()  # refused before anything was written (or loaded)
+    rc, _, err = seg2sat("infer", f"input={nlcd}", "legend=auto", "work_resolution=null",
+                         f"output_dir={tmp_path / 'o'}", *FAST, cwd=tmp_path)
+    assert rc == 0, err
+    sidecar = json.loads((tmp_path / "o" / "nlcd.tif.json").read_text())
+    assert sidecar["legend"] == "nlcd" and sidecar["prompt"].startswith("Aerial view of France. ")
+    assert {"water", "deciduous", "agricultural land"} <= set(sidecar["prompt"].split(". ", 1)[1].split(", "))
