@@ -14,7 +14,7 @@ import streamlit as st
 from seg2sat import app_support as sup
 from seg2sat.device_queue import DeviceQueue, QueueStatus
 from seg2sat.errors import Seg2SatError
-from seg2sat.models import LoadedModel
+from seg2sat.models import LoadedModel, peek_model
 from seg2sat.sampling import Sampling
 
 
@@ -115,11 +115,11 @@ def legend_markdown() -> str:
 def sampling_controls(prefix: str) -> dict[str, Any]:
     """Seed, steps, guidance and ControlNet scale widgets, starting at `infer`'s settings."""
     cfg = config()
-    loaded = None
-    if not sup.demo_model_missing(cfg):
-        with contextlib.suppress(Seg2SatError):  # require_model shows the error where it matters
-            loaded = model()
-    base = settings(loaded, {})
+    # The model's recommendation is in its seg2sat.json: no need to load weights to draw widgets.
+    peeked = None
+    with contextlib.suppress(Seg2SatError):  # require_model shows the error where it matters
+        peeked = peek_model(str(cfg.model_path))
+    base = settings(peeked, {})
     with st.expander("Sampling", expanded=False):
         return {
             "seed": st.number_input("Seed", 0, 2**31 - 1, base.seed, key=f"{prefix}_seed"),

@@ -37,13 +37,20 @@ from seg2sat.config import CONF_DIR
 from seg2sat.errors import GeoreferenceError, LegendError, RasterError, VectorError
 from seg2sat.hints import hint_to_codes, snap_hint
 from seg2sat.labels import BY_CODE, OTHER_CODE, OUTSIDE_LEGEND, code_of, describe_counts, in_legend
-from seg2sat.raster import RasterData, check_transform, raster_info, read_raster
+from seg2sat.raster import (
+    FLAIR_RESOLUTION,
+    RasterData,
+    check_transform,
+    is_plain_image,
+    local_transform,
+    raster_info,
+    read_raster,
+)
 
 log = logging.getLogger(__name__)
 
 VECTOR_SUFFIXES = frozenset({".gpkg", ".geojson", ".json", ".shp", ".fgb"})
 RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".vrt"})
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 
 LEGEND_DIR: Path = CONF_DIR / "legend"
 # The products `detect_legend` knows: the legends shipped in LEGEND_DIR (a test keeps the two equal).
@@ -328,14 +335,6 @@ def _colour_table(path: Path) -> dict[int, tuple[int, ...]] | None:
         return None
 
 
-def _is_plain_image(path: Path) -> bool:
-    """A PNG/JPEG without georeferencing: a drawn colour hint, not a class raster."""
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        return False
-    info = raster_info(path)
-    return info["crs"] is None and info["transform"] == Affine.identity()
-
-
 def _valid_mask(values: np.ndarray, nodatas: Iterable[float | None]) -> np.ndarray:
     """False where a value is any of the nodata values (NaN included)."""
     valid = np.ones(values.shape, bool)
@@ -348,7 +347,7 @@ def _valid_mask(values: np.ndarray, nodatas: Iterable[float | None]) -> np.ndarr
 def _recognise_file(path: Path) -> _Recognition:
     if path.suffix.lower() in VECTOR_SUFFIXES:
         return _Recognition((), "a vector layer: its class column is read as FLAIR codes or names")
-    if _is_plain_image(path) or raster_info(path)["count"] != 1:
+    if is_plain_image(path) or raster_info(path)["count"] != 1:
         return _Recognition((), "not a single-band class raster")
     data = read_raster(path, require_crs=False)
     values = data.array[0]
@@ -476,8 +475,7 @@ def _read_image_hint(path: Path, snap: bool, crs: str | None, resolution: float 
     if image.shape[-1] == 4 and not snap:
         image = image[..., :3] if (image[..., 3] == 255).all() else image
     codes = snap_hint(image, source=path).codes if snap else hint_to_codes(image, source=path)
-    res = float(resolution or 0.2)
-    transform = Affine(res, 0, 0, 0, -res, codes.shape[0] * res)
+    transform = local_transform(codes.shape[0], float(resolution or FLAIR_RESOLUTION))
     return _finish(codes.astype(np.uint8), np.ones(codes.shape, bool),
                    CRS.from_user_input(crs) if crs else None, transform, path)
 
@@ -497,7 +495,7 @@ def read_landcover_raster(path: str | Path, legend: Legend | None = None, *, sna
         allow_no_crs: accept plain images without georeferencing (PNG hints in the app).
     """
     path = Path(path)
-    if _is_plain_image(path):
+    if is_plain_image(path):
         if not (allow_no_crs or crs):
             raise GeoreferenceError(f"{path}: a plain image has no georeferencing; pass crs= (and "
                                     "resolution=) or use a GeoTIFF")

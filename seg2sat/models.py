@@ -24,6 +24,7 @@ from seg2sat.errors import ModelError
 log = logging.getLogger(__name__)
 
 TINY_PRESET = "tiny"  # conf/model/tiny.yaml: built in code, or the pretrained tiny base
+TINY_RANDOM = "tiny-random"  # the random tiny model (tests, benchmarks): built in code, no folder
 TINY_RESOLUTION = 64
 TINY_VAE_FACTOR = 4
 MODEL_INFO = "seg2sat.json"
@@ -272,7 +273,7 @@ def load_components(model_cfg: Mapping[str, Any], dtype: torch.dtype = torch.flo
     if name == TINY_PRESET and not (pretrained and Path(pretrained, "model_index.json").exists()):
         parts = build_tiny_components(int(model_cfg.get("seed", 0)))
         parts["noise_scheduler"] = parts.pop("scheduler")
-        base = f"tiny-random-{int(model_cfg.get('seed', 0))}"
+        base = f"{TINY_RANDOM}-{int(model_cfg.get('seed', 0))}"
     else:
         base = str(pretrained if name == TINY_PRESET else model_cfg["base"])
         common = {"revision": model_cfg.get("revision")} if model_cfg.get("revision") else {}
@@ -340,7 +341,6 @@ def read_model_info(folder: str | Path) -> dict[str, Any]:
 
 # Sampling when neither the config nor the model folder says otherwise: Stable Diffusion's usual.
 DEFAULT_SAMPLING: dict[str, float] = {"guidance_scale": 7.5, "controlnet_scale": 1.0}
-TINY_RANDOM = "tiny-random"  # the random tiny model (tests, benchmarks): built in code, no folder
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from seg2sat.labels import CLASSES, legend_markdown
 from seg2sat.models import (
     MODEL_INFO,
     TINY_PRESET,
+    TINY_RANDOM,
     build_tiny_components,
     read_model_info,
     save_pipeline_parts,
@@ -61,7 +62,7 @@ def _write_base(train_cfg: dict[str, Any], dest: Path) -> str:
     resolved = str(train_cfg.get("resolved_base") or model.get("base"))
     if model["name"] != TINY_PRESET:
         return resolved
-    if resolved.startswith("tiny-random"):  # random tiny weights: rebuilt from their seed
+    if resolved.startswith(TINY_RANDOM):  # random tiny weights: rebuilt from their seed
         save_pipeline_parts(build_tiny_components(int(model.get("seed", 0))), dest / "base")
     else:
         if not (Path(resolved) / "model_index.json").exists():

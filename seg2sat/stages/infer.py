@@ -276,6 +276,15 @@ def region_on_grid(path: Path, image: RasterData, image_path: Path, column: str)
     return mask.astype(bool)
 
 
+def _read_edit_image(cfg: DictConfig) -> tuple[Path, RasterData]:
+    """`edit.image` (a GeoTIFF, or a plain photo placed with `crs=`), refused unless 3 uint8 bands."""
+    image_path = Path(cfg.edit.image)
+    image = read_image(image_path, crs=cfg.crs)
+    if image.count < 3 or image.array.dtype != np.uint8:
+        raise RasterError(f"{image_path}: an aerial image needs 3 uint8 bands, got {image.count} of {image.array.dtype}")
+    return image_path, image
+
+
 def edit_file(cfg: DictConfig, model: LoadedModel, sampling: Sampling, src: Path, paths: dict[str, Path],
               legend: Legend | str | None) -> dict[str, Any]:
     """Regenerate the area `src` (new land cover) covers in `edit.image`; the rest stays identical.
@@ -284,10 +293,7 @@ def edit_file(cfg: DictConfig, model: LoadedModel, sampling: Sampling, src: Path
     content fades out (linear in the distance to the region); beyond, pixels are copied
     bit for bit. The new map must be on the image's grid (same CRS and pixel size, aligned).
     """
-    image_path = Path(cfg.edit.image)
-    image = read_image(image_path, crs=cfg.crs)
-    if image.count < 3 or image.array.dtype != np.uint8:
-        raise RasterError(f"{image_path}: an aerial image needs 3 uint8 bands, got {image.count} of {image.array.dtype}")
+    image_path, image = _read_edit_image(cfg)
     lc = read_landcover(src, legend=legend, column=str(cfg.class_column), vector_resolution=image.transform.a,
                         snap=bool(cfg.snap), crs=cfg.crs or (image.crs.to_string() if image.crs else None),
                         unknown_to_other=bool(cfg.unknown_to_other))
@@ -354,11 +360,7 @@ def check_input(cfg: DictConfig, src: Path, legend: Legend | str | None, samplin
     legend = resolve_legend(src, legend)
     lc, work = _read_input(cfg, src, legend)
     if cfg.edit.image:
-        image_path = Path(cfg.edit.image)
-        image = read_image(image_path, crs=cfg.crs)
-        if image.count < 3 or image.array.dtype != np.uint8:
-            raise RasterError(f"{image_path}: an aerial image needs 3 uint8 bands, got {image.count} of "
-                              f"{image.array.dtype}")
+        _read_edit_image(cfg)
     padded = pad_to_tile(work.codes, sampling.tile)
     out_res = float(cfg.output_resolution) if cfg.output_resolution is not None else lc.resolution
     size = (max(1, round(lc.codes.shape[1] * lc.resolution / out_res)),
