@@ -190,3 +190,70 @@ def legend_figure(path: str | Path) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+# FLAIR-HUB's AERIAL_LABEL-COSIA masks are 0-based and ordered differently from FLAIR-1 (the
+# order and names of IGNF/FLAIR-HUB configs/train/config_supervision.yaml, the colours of its
+# README; torchgeo's FLAIRHUB dataset lists the same). Read as FLAIR-1 codes they would turn
+# buildings (0) into nothing and deciduous (12) into plowed land, so every FLAIR-HUB mask goes
+# through this one table. "undefined" (18) has no FLAIR-1 class: it becomes nodata.
+@dataclass(frozen=True)
+class CosiaClass:
+    """One FLAIR-HUB (COSIA) class and the FLAIR-1 code it maps to (None: nodata)."""
+
+    cosia: int
+    name: str
+    hex: str
+    flair: int | None
+
+
+FLAIRHUB_CLASSES: tuple[CosiaClass, ...] = (
+    CosiaClass(0, "building", "#db0e9a", 1),
+    CosiaClass(1, "greenhouse", "#9999ff", 18),
+    CosiaClass(2, "swimming pool", "#3de6eb", 13),
+    CosiaClass(3, "impervious surface", "#f80c00", 3),
+    CosiaClass(4, "pervious surface", "#938e7b", 2),
+    CosiaClass(5, "bare soil", "#a97101", 4),
+    CosiaClass(6, "water", "#1553ae", 5),
+    CosiaClass(7, "snow", "#ffffff", 14),
+    CosiaClass(8, "herbaceous vegetation", "#55ff00", 10),
+    CosiaClass(9, "agricultural land", "#fff30d", 11),
+    CosiaClass(10, "plowed land", "#e4df7c", 12),
+    CosiaClass(11, "vineyard", "#660082", 9),
+    CosiaClass(12, "deciduous", "#46e483", 7),
+    CosiaClass(13, "coniferous", "#194a26", 6),
+    CosiaClass(14, "brushwood", "#f3a60d", 8),
+    CosiaClass(15, "clear cut", "#8ab3a0", 15),
+    CosiaClass(16, "ligneous", "#c5dc42", 17),
+    CosiaClass(17, "mixed", "#6b714f", 16),
+    CosiaClass(18, "undefined", "#000000", None),
+)
+# FLAIRHUB_TO_LEGEND[cosia] is the FLAIR-1 code; nodata ("undefined") rows hold OTHER_CODE, the
+# value the project gives nodata pixels, and FLAIRHUB_VALID says which rows are real classes.
+FLAIRHUB_TO_LEGEND: np.ndarray = np.array(
+    [c.flair if c.flair is not None else OTHER_CODE for c in FLAIRHUB_CLASSES], dtype=np.uint8)
+FLAIRHUB_VALID: np.ndarray = np.array([c.flair is not None for c in FLAIRHUB_CLASSES], dtype=bool)
+FLAIRHUB_TO_LEGEND.setflags(write=False)
+FLAIRHUB_VALID.setflags(write=False)
+
+
+def remap_flairhub(codes: np.ndarray, source: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """FLAIR-HUB COSIA codes (0..18) -> (FLAIR-1 codes, valid mask).
+
+    "undefined" pixels are nodata: `valid` is False there and their code is OTHER_CODE, as
+    for nodata everywhere else in the project (see seg2sat.landcover.LandCover).
+
+    Raises:
+        LegendError: non-integer codes, or values outside 0..18 (listed with their counts).
+    """
+    codes = np.asarray(codes)
+    where = f"{source}: " if source is not None else ""
+    if codes.dtype.kind not in "ui":
+        raise LegendError(f"{where}FLAIR-HUB codes must be integers, got dtype {codes.dtype}")
+    bad = codes >= len(FLAIRHUB_CLASSES)
+    if codes.dtype.kind == "i":
+        bad |= codes < 0
+    if bad.any():
+        raise LegendError(f"{where}codes outside the FLAIR-HUB legend 0..{len(FLAIRHUB_CLASSES) - 1} "
+                          f"({describe_counts(codes[bad])})")
+    return FLAIRHUB_TO_LEGEND[codes], FLAIRHUB_VALID[codes]

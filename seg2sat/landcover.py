@@ -31,7 +31,7 @@ from affine import Affine
 from omegaconf import OmegaConf
 from PIL import Image
 from rasterio.crs import CRS
-from rasterio.errors import CRSError, RasterioIOError
+from rasterio.errors import RasterioIOError
 
 from seg2sat.config import CONF_DIR
 from seg2sat.errors import GeoreferenceError, LegendError, RasterError, VectorError
@@ -305,15 +305,10 @@ def _recognise(values: np.ndarray, table: Mapping[int, tuple[int, ...]] | None,
 
 
 def _centre_lonlat(data: RasterData) -> tuple[float, float] | None:
-    """The raster's centre in degrees, or None without a CRS."""
-    if data.crs is None:
-        return None
-    x, y = data.transform * (data.width / 2, data.height / 2)
-    try:
-        lon, lat = rasterio.warp.transform(data.crs, "EPSG:4326", [x], [y])
-    except (CRSError, ValueError):
-        return None
-    return float(lon[0]), float(lat[0])
+    """The raster's centre in degrees, or None without a CRS (`places.centre_lonlat`)."""
+    from seg2sat.places import centre_lonlat
+
+    return centre_lonlat(data.crs, data.transform, data.width, data.height)
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:

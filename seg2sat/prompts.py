@@ -2,8 +2,9 @@
 
 The public Seg2Sat ControlNet was trained on exactly this form, with classes by descending
 share and the place from an OpenStreetMap reverse-geocoding of the tile. We never call a
-geocoder while preparing data: the place comes from metadata (an OSM `display_name` when the
-metadata carries one), else from the FLAIR domain's department, else "France".
+web geocoder: the place comes from metadata (an OSM `display_name` when the metadata carries
+one), else from the FLAIR domain's department(s), else from the raster's own location looked
+up offline (`seg2sat.places`); "France" is only the last resort for a French tile.
 """
 
 from __future__ import annotations
@@ -55,28 +56,62 @@ STYLES: dict[str, str] = {
     "winter": "in winter, covered in snow",
 }
 
-_DOMAIN = re.compile(r"^D0*(\d{1,3}|2A|2B)_(\d{4})$", re.IGNORECASE)
+# FLAIR-1/2 domains are `D064_2021`; FLAIR-HUB's are `D064-2021`, and a domain spanning two
+# departments is written with both 3-digit numbers (`D024047-2021`: Dordogne and Lot-et-Garonne).
+_DOMAIN = re.compile(r"^D((?:\d{3}){2}|0*\d{1,3}|2A|2B)[_-](\d{4}|195X)$", re.IGNORECASE)
+
+
+def _department(num: str) -> str:
+    num = num.upper().lstrip("0") or "0"
+    key = num.zfill(2) if num.isdigit() else num
+    return DEPARTMENTS.get(key, f"department {num}")
 
 
 def department_of(domain: str | None) -> str | None:
-    """`D064_2021` -> `Pyrénées-Atlantiques`; unknown numbers -> `department 64`."""
+    """`D064_2021` -> `Pyrénées-Atlantiques`; `D024047-2021` -> `Dordogne and Lot-et-Garonne`.
+
+    Unknown numbers give `department 99`; anything that is not a domain gives None.
+    """
     if not domain:
         return None
     m = _DOMAIN.match(domain.strip())
     if not m:
         return None
-    num = m.group(1).upper()
-    key = num.zfill(2) if num.isdigit() else num
-    return DEPARTMENTS.get(key, f"department {num}")
+    num = m.group(1)
+    if len(num) == 6 and num.isdigit():
+        return " and ".join(_department(n) for n in (num[:3], num[3:]))
+    return _department(num)
 
 
-def place_of(meta: Mapping[str, Any] | None) -> str:
-    """The place named in a caption, from tile metadata, with no network call."""
+def place_of(meta: Mapping[str, Any] | None, fallback: str | None = DEFAULT_PLACE) -> str | None:
+    """The place named in a caption, from tile metadata, with no network call.
+
+    `display_name`, else the domain's department, else `fallback` (pass None to try the
+    raster's own location next, see `seg2sat.places`).
+    """
     meta = meta or {}
     name = meta.get("display_name")
     if isinstance(name, str) and name.strip():
         return name.strip()
-    return department_of(meta.get("domain")) or DEFAULT_PLACE
+    return department_of(meta.get("domain")) or fallback
+
+
+def place_for(meta: Mapping[str, Any] | None, crs: Any = None, transform: Any = None, width: int = 0,
+              height: int = 0, fallback: str = DEFAULT_PLACE) -> str:
+    """The caption's place for a tile: its metadata's, else the gazetteer's at the raster centre.
+
+    `fallback` is used only when neither is known (no metadata place and no usable CRS).
+    """
+    named = place_of(meta, fallback=None)
+    if named:
+        return named
+    if crs is not None and transform is not None and width and height:
+        from seg2sat.places import raster_place
+
+        found = raster_place(crs, transform, width, height)
+        if found is not None:
+            return found.name
+    return fallback
 
 
 def season_of(date: str | None) -> str | None:

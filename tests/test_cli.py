@@ -152,5 +152,7 @@ def test_a_foreign_product_is_refused_without_legend_and_recognised_with_auto(tm
                          f"output_dir={tmp_path / 'o'}", *FAST, cwd=tmp_path)
     assert rc == 0, err
     sidecar = json.loads((tmp_path / "o" / "nlcd.tif.json").read_text())
-    assert sidecar["legend"] == "nlcd" and sidecar["prompt"].startswith("Aerial view of France. ")
+    # the raster's own place (its centre in the offline gazetteer), not "France"
+    assert sidecar["legend"] == "nlcd"
+    assert sidecar["prompt"].startswith("Aerial view of Craig, Moffat County, Colorado, United States. ")
     assert {"water", "deciduous", "agricultural land"} <= set(sidecar["prompt"].split(". ", 1)[1].split(", "))

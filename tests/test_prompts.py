@@ -40,3 +40,12 @@ def test_season_and_style():
 def test_unknown_class_name_raises():
     with pytest.raises(KeyError, match="'road' is not a FLAIR class name"):
         ordered_classes({"road": 1.0})
+
+
+def test_flairhub_domains_name_their_departments():
+    assert department_of("D004-2021") == "Alpes-de-Haute-Provence"
+    assert department_of("D024047-2021") == "Dordogne and Lot-et-Garonne"
+    assert department_of("D059062-2021") == "Nord and Pas-de-Calais"
+    assert department_of("D004-195X") == "Alpes-de-Haute-Provence"
+    assert place_of({"domain": "D033-2018"}) == "Gironde"
+    assert place_of({}, fallback=None) is None

@@ -1,25 +1,37 @@
-"""Find FLAIR tiles on disk and pair images with masks.
+"""Find FLAIR tiles on disk and pair images with masks: FLAIR-1, FLAIR-2 and FLAIR-HUB trees.
 
-Two layouts are understood:
+FLAIR-1 and FLAIR-2 share one layout (docs/data.md cites IGN's and torchgeo's code for it):
 - the official one, where images and masks live in sibling trees:
   `flair_aerial_train/D064_2021/Z7_UA/img/IMG_066278.tif` and
-  `flair_labels_train/D064_2021/Z7_UA/msk/MSK_066278.tif` (and the `_test` trees);
+  `flair_labels_train/D064_2021/Z7_UA/msk/MSK_066278.tif` (and the `_test` trees, named
+  `flair_2_aerial_test`/`flair_2_labels_test` in FLAIR-2, which adds `flair_sen_train` Sentinel-2
+  super-patches and `flair-2_centroids_sp_to_patch.json`);
 - flat folders holding `IMG_<id>.tif` and `MSK_<id>.tif` side by side.
-Pairs are made by id across the whole root; unpaired files are reported, never silently
-dropped. `flair-1_metadata_aerial.json` (keyed `IMG_<id>`) is read when present.
+Both use the 19 FLAIR-1 codes. Pairs are made by id across the whole root; unpaired files are
+reported, never silently dropped. The aerial metadata JSON (keyed `IMG_<id>`:
+`flair-1_metadata_aerial.json`, or FLAIR-2's `flair_aerial_metadata.json`) is read when present.
+FLAIR-HUB (`D004-2021_AERIAL_RGBI/AA-S1-32/...`, 0-based COSIA codes) lives in
+`seg2sat.data.flairhub`; `discover` detects which layout a root holds.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seg2sat.errors import DatasetError
+from seg2sat.errors import DatasetError, RasterError
 
 METADATA_NAME = "flair-1_metadata_aerial.json"
+METADATA_NAMES = (METADATA_NAME, "flair_aerial_metadata.json")  # FLAIR-1, FLAIR-2
+LAYOUTS = ("flair1", "flair2", "flairhub")
+# Top-level entries that only FLAIR-2 has (IGNF/FLAIR-2 flair-2-config.yml, torchgeo flair2.py).
+FLAIR2_MARKERS = ("flair_sen_train", "flair_2_sen_test", "flair_2_aerial_test", "flair_2_labels_test",
+                  "flair-2_centroids_sp_to_patch.json", "flair_2_centroids_sp_to_patch.json",
+                  "flair_aerial_metadata.json")
 _IMG = re.compile(r"^IMG_(\d+)\.tiff?$", re.IGNORECASE)
 _MSK = re.compile(r"^MSK_(\d+)\.tiff?$", re.IGNORECASE)
 _DOMAIN = re.compile(r"^D\d{2,3}_\d{4}$")
@@ -36,6 +48,9 @@ class FlairTile:
     domain: str | None = None
     zone: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    layout: str = "flair1"  # one of LAYOUTS: says how to read the pair and its codes
+    split: str | None = None  # "train" | "val" | "test" when the dataset's own split file says so
+    modalities: dict[str, str] = field(default_factory=dict)  # other files of the same patch
 
 
 @dataclass
@@ -47,11 +62,15 @@ class Discovery:
     orphan_images: list[Path]
     orphan_masks: list[Path]
     metadata_file: Path | None = None
+    layout: str = "flair1"
+    split_file: Path | None = None
+    dates_file: Path | None = None
+    not_in_split: list[str] = field(default_factory=list)  # tile ids the split file does not list
 
     def summary(self) -> str:
         """One line for logs."""
-        return (f"{self.root}: {len(self.tiles)} tiles, {len(self.orphan_images)} images without mask, "
-                f"{len(self.orphan_masks)} masks without image")
+        return (f"{self.root} ({self.layout}): {len(self.tiles)} tiles, {len(self.orphan_images)} images "
+                f"without mask, {len(self.orphan_masks)} masks without image")
 
 
 def _domain_zone(path: Path) -> tuple[str | None, str | None]:
@@ -60,10 +79,20 @@ def _domain_zone(path: Path) -> tuple[str | None, str | None]:
     return domain, zone
 
 
+def _find_metadata(root: Path) -> Path | None:
+    for name in METADATA_NAMES:
+        if (root / name).exists():
+            return root / name
+    for name in METADATA_NAMES:
+        found = next(iter(sorted(root.rglob(name))), None)
+        if found is not None:
+            return found
+    return None
+
+
 def load_metadata(root: Path) -> tuple[dict[str, dict[str, Any]], Path | None]:
-    """The `flair-1_metadata_aerial.json` found at or under `root` (first match), if any."""
-    direct = root / METADATA_NAME
-    path = direct if direct.exists() else next(iter(sorted(root.rglob(METADATA_NAME))), None)
+    """The aerial metadata JSON (FLAIR-1's or FLAIR-2's name) at or under `root`, if any."""
+    path = _find_metadata(root)
     if path is None:
         return {}, None
     try:
@@ -75,26 +104,52 @@ def load_metadata(root: Path) -> tuple[dict[str, dict[str, Any]], Path | None]:
     return data, path
 
 
-def _index(root: Path, pattern: re.Pattern[str], kind: str) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for path in sorted(root.rglob("*")):
-        m = pattern.match(path.name)
-        if not m or not path.is_file():
-            continue
-        tile_id = m.group(1)
-        if tile_id in found:
-            raise DatasetError(f"{root}: {kind} id {tile_id} appears twice: {found[tile_id]} and {path}")
-        found[tile_id] = path
-    return found
+def _index(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """IMG and MSK files by id, in one walk of the tree (sorted, so errors are reproducible)."""
+    found: dict[str, dict[str, Path]] = {"image": {}, "mask": {}}
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            for kind, pattern in (("image", _IMG), ("mask", _MSK)):
+                m = pattern.match(name)
+                if not m:
+                    continue
+                tile_id, path = m.group(1), Path(folder) / name
+                if tile_id in found[kind]:
+                    raise DatasetError(f"{root}: {kind} id {tile_id} appears twice: {found[kind][tile_id]} and {path}")
+                found[kind][tile_id] = path
+    return found["image"], found["mask"]
 
 
-def discover(root: str | Path) -> Discovery:
-    """Pair every IMG_<id>.tif with its MSK_<id>.tif under `root`."""
+def detect_layout(root: str | Path) -> str:
+    """"flairhub", "flair2" or "flair1", from the root's top-level names alone (no deep walk)."""
+    from seg2sat.data.flairhub import is_flairhub_root
+
+    root = Path(root)
+    if is_flairhub_root(root):
+        return "flairhub"
+    if any((root / name).exists() for name in FLAIR2_MARKERS):
+        return "flair2"
+    return "flair1"
+
+
+def discover(root: str | Path, dataset: str = "auto", **hub_options: Any) -> Discovery:
+    """Every tile under `root`, in the layout `dataset` names (`auto`: detected).
+
+    FLAIR-1/FLAIR-2 pair every IMG_<id>.tif with its MSK_<id>.tif; FLAIR-HUB options
+    (`split_file`, `split_column`, `dates_file`, `date_column`) go to `flairhub.discover_hub`.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: FLAIR root is not a folder")
-    images = _index(root, _IMG, "image")
-    masks = _index(root, _MSK, "mask")
+    if dataset not in ("auto", *LAYOUTS):
+        raise DatasetError(f"{root}: unknown dataset {dataset!r}; expected auto, {', '.join(LAYOUTS)}")
+    layout = detect_layout(root) if dataset == "auto" else dataset
+    if layout == "flairhub":
+        from seg2sat.data.flairhub import discover_hub
+
+        return discover_hub(root, **hub_options)
+    images, masks = _index(root)
     if not images and not masks:
         raise DatasetError(f"{root}: no FLAIR tiles found (expected IMG_<id>.tif and MSK_<id>.tif files)")
     metadata, meta_path = load_metadata(root)
@@ -105,7 +160,7 @@ def discover(root: str | Path) -> Discovery:
         domain, zone = _domain_zone(img.relative_to(root))
         tiles.append(FlairTile(
             id=tile_id, img=img, msk=masks[tile_id],
-            domain=meta.get("domain") or domain, zone=meta.get("zone") or zone, meta=meta,
+            domain=meta.get("domain") or domain, zone=meta.get("zone") or zone, meta=meta, layout=layout,
         ))
     return Discovery(
         root=root,
@@ -113,4 +168,33 @@ def discover(root: str | Path) -> Discovery:
         orphan_images=[images[i] for i in sorted(set(images) - set(masks))],
         orphan_masks=[masks[i] for i in sorted(set(masks) - set(images))],
         metadata_file=meta_path,
+        layout=layout,
     )
+
+
+def read_pair(tile: FlairTile) -> tuple[Any, Any, Any]:
+    """(image raster, FLAIR-1 codes, valid mask or None) of a tile, in its layout's coding.
+
+    Each file is opened once (`raster.read_flair_pair` opens each twice: once to check bands,
+    once to read), which is most of a small tile's cost when a tree holds 240k of them.
+    """
+    from seg2sat.labels import check_codes
+    from seg2sat.raster import FLAIR_IMG_BANDS, check_same_grid, read_raster
+
+    if tile.layout == "flairhub":
+        from seg2sat.data.flairhub import read_hub_pair
+
+        return read_hub_pair(tile.img, tile.msk)
+    img = read_raster(tile.img)
+    if img.count != FLAIR_IMG_BANDS:
+        raise RasterError(f"{tile.img}: expected {FLAIR_IMG_BANDS} bands (R, G, B, NIR, elevation), found {img.count}")
+    if img.array.dtype != "uint8":
+        raise RasterError(f"{tile.img}: expected uint8 bands, found {img.array.dtype}")
+    msk = read_raster(tile.msk)
+    if msk.count != 1:
+        raise RasterError(f"{tile.msk}: expected 1 band of class codes, found {msk.count}")
+    if msk.array.dtype != "uint8":
+        raise RasterError(f"{tile.msk}: expected uint8 class codes, found {msk.array.dtype}")
+    check_codes(msk.array[0], tile.msk)
+    check_same_grid(img, msk)
+    return img, msk.array[0], None

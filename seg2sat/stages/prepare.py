@@ -1,20 +1,29 @@
 """`seg2sat prepare`: FLAIR tiles -> colour hints, RGB targets, captions, manifest, footprints.
 
-Layout written (see docs/architecture.md):
-    hints/<id>.png  images/<id>.png  records/<id>.json   per tile; the record is written last,
-                                                         so its presence means "tile done"
-    manifest.jsonl  footprints.gpkg  summary.json  class_histogram.png   rebuilt every run
+Reads FLAIR-1, FLAIR-2 and FLAIR-HUB trees (`seg2sat.data.flair.discover`; FLAIR-HUB's COSIA
+codes remapped to our legend, its "undefined" pixels nodata). Layout written (docs/data.md):
+    hints/<id>.png  images/<id>.png  [valid/<id>.png]    per tile, written before its record
+    records/*.jsonl      one line per finished tile, appended by the worker that made it; a
+                         tile is done once its line is there (a half-written last line is not)
+    manifest.jsonl  footprints.gpkg  summary.json  class_histogram.png  prepare_state.json
 
-Re-runs skip tiles that have a record; leftovers of a killed run (`.tmp-*`) are swept.
-The train/validation split is by FLAIR domain, so no area appears in both.
+Built for 240k tiles: tiles go to all cores in chunks (a bounded number in flight, never 240k
+futures), records are appended to a few shard files instead of one JSON per tile, the shards
+are compacted into `records/records.jsonl` once per run, and a rerun with nothing to do only
+lists the tree, reads that one file and finds the state unchanged (`prepare_state.json`).
+Leftovers of a killed run (`.tmp-*`) are swept. The split is FLAIR-HUB's own (its split
+GeoPackage, `split.column`) or by FLAIR domain, so no area appears in both.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,15 +34,17 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from seg2sat.atomic import atomic_path, sweep_tmp, write_json, write_text
-from seg2sat.data.flair import Discovery, FlairTile, discover
+from seg2sat.data.flair import Discovery, FlairTile, discover, read_pair
 from seg2sat.errors import DatasetError, Seg2SatError
 from seg2sat.hints import codes_to_hint
 from seg2sat.labels import CODES, MAX_CODE, NAMES, PALETTE, class_shares, merge13
-from seg2sat.prompts import caption_for
-from seg2sat.raster import read_flair_pair
+from seg2sat.prompts import caption_for, place_for
 
 log = logging.getLogger(__name__)
-SUBDIRS = ("hints", "images", "records")
+SUBDIRS = ("hints", "images", "records", "valid")
+SPLITS = ("train", "val", "test")
+RECORDS = "records.jsonl"  # the compacted shard
+STATE = "prepare_state.json"
 
 
 @dataclass
@@ -83,23 +94,33 @@ def _resize(array: np.ndarray, size: int, nearest: bool) -> np.ndarray:
 
 
 def prepare_tile(tile: FlairTile, out: Path, opts: dict[str, Any]) -> dict[str, Any]:
-    """Convert one tile; returns its record (also written to records/<id>.json, last)."""
-    img, msk = read_flair_pair(tile.img, tile.msk)
-    codes = msk.band(1)
+    """Convert one tile: write its hint, image (and valid mask) and return its record.
+
+    Pixels that are nodata (FLAIR-HUB's "undefined") hold OTHER_CODE in the hint, as nodata
+    does everywhere in the project, are left out of the shares and pixel counts, and are 0 in
+    `valid/<id>.png` (written only for tiles that have some).
+    """
+    img, codes, valid = read_pair(tile)
     if opts["merge13"]:
         codes = merge13(codes)
     rgb = img.rgb()
     if opts["size"] and opts["size"] != codes.shape[0]:
         rgb = _resize(rgb, opts["size"], nearest=False)
         codes = _resize(codes, opts["size"], nearest=True)
-    shares = class_shares(codes)
+        if valid is not None:
+            valid = _resize(valid.astype(np.uint8), opts["size"], nearest=True).astype(bool)
+    if valid is not None and valid.all():
+        valid = None
+    shares = class_shares(codes, valid)
     meta = {**tile.meta, "domain": tile.domain, "zone": tile.zone}
+    place = place_for(meta, img.crs, img.transform, img.width, img.height)
+    counted = codes[valid] if valid is not None else codes.ravel()
     record = {
         "id": tile.id,
         "image": f"images/{tile.id}.png",
         "hint": f"hints/{tile.id}.png",
         "caption": caption_for(shares, meta, template=opts["template"], min_share=opts["min_share"],
-                               season=opts["season"]),
+                               place=place, season=opts["season"]),
         "shares": shares,
         "domain": tile.domain,
         "zone": tile.zone,
@@ -110,54 +131,153 @@ def prepare_tile(tile: FlairTile, out: Path, opts: dict[str, Any]) -> dict[str, 
         "height": int(codes.shape[0]),
         "source_img": str(tile.img),
         "source_msk": str(tile.msk),
-        "pixels": np.bincount(codes.ravel(), minlength=MAX_CODE + 1)[list(CODES)].tolist(),  # in CODES order
+        "pixels": np.bincount(counted, minlength=MAX_CODE + 1)[list(CODES)].tolist(),  # in CODES order
+        "layout": tile.layout,
+        "nodata_pixels": int(codes.size - counted.size),
+        "valid": f"valid/{tile.id}.png" if valid is not None else None,
     }
+    if tile.modalities:
+        record["modalities"] = dict(tile.modalities)
     _save_png(out / record["hint"], codes_to_hint(codes, source=tile.msk))
     _save_png(out / record["image"], rgb)
-    write_json(out / "records" / f"{tile.id}.json", record)
+    if valid is not None:
+        _save_png(out / record["valid"], valid.astype(np.uint8) * 255)
     return record
+
+
+def prepare_chunk(tiles: list[FlairTile], out: Path, opts: dict[str, Any]) -> tuple[int, dict[str, str]]:
+    """Convert tiles and append each finished tile's record to this chunk's own shard.
+
+    One line per tile, flushed as soon as the tile's files are written: a killed run loses at
+    most the tile in progress. Returns (tiles done, {id: error} of tiles skipped by on_error).
+    """
+    import rasterio
+
+    done, failures = 0, {}
+    shard = out / "records" / f"part-{uuid.uuid4().hex}.jsonl"
+    # GDAL lists a file's folder on open, looking for sidecars; FLAIR folders hold thousands of
+    # tiles and have none, so skip that (and build the GDAL environment once per chunk).
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), shard.open("a", encoding="utf-8") as fh:
+        for tile in tiles:
+            try:
+                record = prepare_tile(tile, out, opts)
+            except Seg2SatError as exc:
+                if opts["on_error"] != "skip":
+                    raise
+                failures[tile.id] = str(exc)
+                continue
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            fh.flush()
+            done += 1
+    if shard.stat().st_size == 0:
+        shard.unlink()
+    return done, failures
 
 
 def _options(cfg: DictConfig) -> dict[str, Any]:
     return {"merge13": bool(cfg.merge13), "size": cfg.size, "template": cfg.caption.template,
-            "min_share": float(cfg.caption.min_share), "season": bool(cfg.caption.season)}
+            "min_share": float(cfg.caption.min_share), "season": bool(cfg.caption.season),
+            "on_error": str(cfg.on_error)}
+
+
+def _chunks(todo: list[FlairTile], workers: int, chunk_size: int) -> list[list[FlairTile]]:
+    """Chunks of at most `chunk_size` tiles, small enough that every worker gets several."""
+    size = max(1, min(chunk_size, -(-len(todo) // max(1, 4 * workers))))
+    return [todo[i:i + size] for i in range(0, len(todo), size)]
 
 
 def _run_tiles(todo: list[FlairTile], out: Path, opts: dict[str, Any], workers: int,
-               on_error: str) -> tuple[int, dict[str, str]]:
-    """Convert tiles, in parallel processes when workers > 0."""
+               chunk_size: int = 64) -> tuple[int, dict[str, str]]:
+    """Convert tiles in chunks, in `workers` processes (in this one when workers is 0).
+
+    At most 2 chunks per worker are in flight, so 240k tiles never make 240k futures. On an
+    error the chunks already running finish (their tiles are kept), the rest are cancelled.
+    """
     failures: dict[str, str] = {}
     done = 0
+    chunks = _chunks(todo, workers, chunk_size)
     bar = tqdm(total=len(todo), desc="prepare", unit="tile")
 
-    def fail(tile: FlairTile, exc: Exception) -> None:
-        if on_error != "skip" or not isinstance(exc, Seg2SatError):
-            raise exc
-        failures[tile.id] = str(exc)
-        log.warning("prepare: skipped %s: %s", tile.id, exc)
+    def collect(result: tuple[int, dict[str, str]], n: int) -> None:
+        nonlocal done
+        done += result[0]
+        failures.update(result[1])
+        for tid, err in result[1].items():
+            log.warning("prepare: skipped %s: %s", tid, err)
+        bar.update(n)
 
-    if workers > 0 and len(todo) > 1:
+    if workers > 0 and len(chunks) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(prepare_tile, t, out, opts): t for t in todo}
-            for fut in as_completed(futures):
-                try:
-                    fut.result()
-                    done += 1
-                except Exception as exc:  # noqa: BLE001 - re-raised unless skippable
-                    for f in futures:
-                        f.cancel()
-                    fail(futures[fut], exc)
-                bar.update()
-    else:
-        for tile in todo:
+            pending = iter(chunks)
+            running: dict[Future, int] = {}
             try:
-                prepare_tile(tile, out, opts)
-                done += 1
-            except Exception as exc:  # noqa: BLE001
-                fail(tile, exc)
-            bar.update()
+                while True:
+                    while len(running) < 2 * workers and (chunk := next(pending, None)) is not None:
+                        running[pool.submit(prepare_chunk, chunk, out, opts)] = len(chunk)
+                    if not running:
+                        break
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        collect(fut.result(), running.pop(fut))
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    else:
+        for chunk in chunks:
+            collect(prepare_chunk(chunk, out, opts), len(chunk))
     bar.close()
     return done, failures
+
+
+def _read_shard(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of one shard; a half-written last line (a killed worker) is not a record."""
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def load_records(out: Path) -> tuple[dict[str, dict[str, Any]], list[Path]]:
+    """Every finished tile's record (id -> record) and the shard files that hold them.
+
+    Per-tile `records/<id>.json` files of earlier versions are read too (and compacted away).
+    """
+    records: dict[str, dict[str, Any]] = {}
+    folder = out / "records"
+    shards = sorted(folder.glob("*.jsonl"), key=lambda p: (p.name != RECORDS, p.name))
+    for shard in shards:
+        for rec in _read_shard(shard):
+            records[rec["id"]] = rec
+    legacy = sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
+    for path in legacy:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        records.setdefault(rec["id"], rec)
+    return records, shards + legacy
+
+
+def _compact(out: Path, records: dict[str, dict[str, Any]], files: list[Path]) -> None:
+    """All records into `records/records.jsonl` (atomically), then drop the merged shards."""
+    target = out / "records" / RECORDS
+    if files == [target]:
+        return
+    write_text(target, "".join(json.dumps(records[k], ensure_ascii=False) + "\n" for k in sorted(records)))
+    for path in files:
+        if path != target:
+            path.unlink(missing_ok=True)
+
+
+def _fingerprint(tiles: list[FlairTile], splits: dict[str, str], cfg: DictConfig, discovery: Discovery) -> str:
+    """What the outputs depend on: tiles, their splits, the options and what discovery reported."""
+    h = hashlib.sha256()
+    for t in tiles:
+        h.update(f"{t.id}\t{splits[t.id]}\t{t.img}\t{t.msk}\n".encode())
+    h.update(json.dumps([_options(cfg), [str(p) for p in discovery.orphan_images + discovery.orphan_masks],
+                         discovery.not_in_split], default=str).encode())
+    return h.hexdigest()
 
 
 def _write_footprints(path: Path, records: list[dict[str, Any]]) -> None:
@@ -193,61 +313,105 @@ def _write_histogram(path: Path, pixels: np.ndarray) -> None:
 
 
 def _write_outputs(out: Path, tiles: list[FlairTile], splits: dict[str, str], failures: dict[str, str],
-                   discovery: Discovery) -> list[dict[str, Any]]:
+                   discovery: Discovery, done: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Manifest, footprints, summary and histogram from the records of the current tiles."""
     records = []
     for tile in tiles:
-        path = out / "records" / f"{tile.id}.json"
-        if path.exists():
-            rec = json.loads(path.read_text(encoding="utf-8"))
-            rec["split"] = splits[tile.domain]
+        if tile.id in done:
+            rec = dict(done[tile.id])
+            rec["split"] = splits[tile.id]
             records.append(rec)
     write_text(out / "manifest.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     _write_footprints(out / "footprints.gpkg", records)
     pixels = np.sum([r["pixels"] for r in records], axis=0) if records else np.zeros(len(CODES), int)
     _write_histogram(out / "class_histogram.png", np.asarray(pixels))
-    by_split = {s: sorted({r["domain"] for r in records if r["split"] == s}) for s in ("train", "val")}
+    present = [s for s in SPLITS if s in ("train", "val") or any(r["split"] == s for r in records)]
+    by_split = {s: sorted({r["domain"] for r in records if r["split"] == s}) for s in present}
     write_json(out / "summary.json", {
+        "layout": discovery.layout,
         "n_tiles": len(records),
-        "per_split": {s: sum(r["split"] == s for r in records) for s in ("train", "val")},
+        "per_split": {s: sum(r["split"] == s for r in records) for s in present},
         "domains": by_split,
         "class_pixels": {NAMES[i]: int(p) for i, p in enumerate(pixels)},
+        "nodata_pixels": int(sum(r.get("nodata_pixels", 0) for r in records)),
         "failed": failures,
         "orphan_images": [str(p) for p in discovery.orphan_images],
         "orphan_masks": [str(p) for p in discovery.orphan_masks],
+        "not_in_split": discovery.not_in_split,
+        "split_file": str(discovery.split_file) if discovery.split_file else None,
+        "dates_file": str(discovery.dates_file) if discovery.dates_file else None,
     })
     return records
+
+
+def _split_cfg(cfg: DictConfig) -> dict[str, Any]:
+    """The `split` settings; `split=split_2` is short for `split.column=split_2`."""
+    s = cfg.split
+    if isinstance(s, str):
+        return {"column": s, "file": None, "val_domains": [], "val_fraction": 0.25}
+    return {"column": str(s.get("column") or "split_1"), "file": s.get("file"),
+            "val_domains": list(s.get("val_domains") or []), "val_fraction": float(s.get("val_fraction", 0.25))}
+
+
+def _discover(cfg: DictConfig) -> Discovery:
+    split = _split_cfg(cfg)
+    hub = {"split_file": split["file"], "split_column": split["column"],
+           "dates_file": cfg.dates.get("file"), "date_column": cfg.dates.get("column")}
+    return discover(cfg.data_root, dataset=str(cfg.get("dataset") or "auto"), **hub)
+
+
+def _splits(cfg: DictConfig, tiles: list[FlairTile]) -> dict[str, str]:
+    """Tile id -> split: the dataset's own split file where it has one, else by domain."""
+    split = _split_cfg(cfg)
+    if tiles and all(t.split for t in tiles):
+        if split["val_domains"]:
+            log.warning("prepare: split.val_domains ignored: the dataset's split file decides")
+        return {t.id: str(t.split) for t in tiles}
+    missing = [t.img for t in tiles if not t.domain]
+    if missing:
+        raise DatasetError(f"{missing[0]}: no FLAIR domain in its path or metadata (needed for the split)")
+    by_domain = split_domains([t.domain for t in tiles], split["val_domains"] or None, split["val_fraction"],
+                              int(cfg.seed))
+    return {t.id: by_domain[t.domain] for t in tiles}
 
 
 def run(cfg: DictConfig) -> PrepareResult:
     """Prepare the dataset under `cfg.output_dir` from the FLAIR tree at `cfg.data_root`."""
     # 1. Find tiles and decide the split.
     out = Path(cfg.output_dir)
-    discovery = discover(cfg.data_root)
+    discovery = _discover(cfg)
     log.info("prepare: %s", discovery.summary())
     if discovery.orphan_images or discovery.orphan_masks:
         log.warning("prepare: unpaired files: %s", [str(p) for p in discovery.orphan_images + discovery.orphan_masks][:10])
     tiles = discovery.tiles[: cfg.limit] if cfg.limit else discovery.tiles
-    missing = [t.img for t in tiles if not t.domain]
-    if missing:
-        raise DatasetError(f"{missing[0]}: no FLAIR domain in its path or metadata (needed for the split)")
-    val_domains = list(cfg.split.val_domains) if cfg.split.val_domains else None
-    splits = split_domains([t.domain for t in tiles], val_domains, float(cfg.split.val_fraction), int(cfg.seed))
+    splits = _splits(cfg, tiles)
 
     # 2. Sweep leftovers of killed runs, skip finished tiles.
     for sub in SUBDIRS:
         (out / sub).mkdir(parents=True, exist_ok=True)
         sweep_tmp(out / sub)
     sweep_tmp(out)
-    todo = [t for t in tiles if cfg.overwrite or not (out / "records" / f"{t.id}.json").exists()]
+    done, files = load_records(out)
+    todo = [t for t in tiles if cfg.overwrite or t.id not in done]
 
-    # 3. Convert, then rebuild manifest, footprints and summary.
-    workers = int(cfg.workers) if cfg.workers is not None else min(4, os.cpu_count() or 1)
-    done, failures = _run_tiles(todo, out, _options(cfg), workers, cfg.on_error)
-    write_text(out / "prepare_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    _write_outputs(out, tiles, splits, failures, discovery)
-    by_split = {s: sorted(d for d, v in splits.items() if v == s) for s in ("train", "val")}
-    log.info("prepare: %d converted, %d skipped, %d failed -> %s", done, len(tiles) - len(todo), len(failures), out)
+    # 3. Convert, then merge the shards and rebuild manifest, footprints and summary (unless
+    #    nothing changed since the last run: then there is nothing to rewrite).
+    workers = int(cfg.workers) if cfg.workers is not None else (os.cpu_count() or 1)
+    n_done, failures = _run_tiles(todo, out, _options(cfg), workers, int(cfg.get("chunk_size") or 64))
+    fingerprint = _fingerprint(tiles, splits, cfg, discovery)
+    state_path = out / STATE
+    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {}
+    if todo or state.get("fingerprint") != fingerprint or not (out / "manifest.jsonl").exists():
+        if todo:
+            done, files = load_records(out)
+        _compact(out, done, files)
+        write_text(out / "prepare_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        _write_outputs(out, tiles, splits, failures, discovery, done)
+        write_json(state_path, {"fingerprint": fingerprint, "n_tiles": len(tiles), "n_records": len(done)})
+    n_skipped = len(tiles) - len(todo)
+    by_split = {s: sorted({t.domain for t in tiles if splits[t.id] == s}) for s in SPLITS}
+    by_split = {s: v for s, v in by_split.items() if v or s in ("train", "val")}
+    log.info("prepare: %d converted, %d skipped, %d failed -> %s", n_done, n_skipped, len(failures), out)
     return PrepareResult(prepared_dir=out, manifest_path=out / "manifest.jsonl", n_tiles=len(tiles),
-                         n_done=done, n_skipped=len(tiles) - len(todo), n_failed=len(failures),
+                         n_done=n_done, n_skipped=n_skipped, n_failed=len(failures),
                          splits=by_split, failures=failures)

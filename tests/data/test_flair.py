@@ -5,7 +5,7 @@ import pytest
 import rasterio
 from affine import Affine
 
-from seg2sat.data.flair import METADATA_NAME, discover
+from seg2sat.data.flair import METADATA_NAME, detect_layout, discover
 from seg2sat.errors import DatasetError
 
 T = Affine(0.2, 0, 400000.0, 0, -0.2, 6200000.0)
@@ -67,3 +67,37 @@ def test_duplicate_ids_and_bad_metadata(tmp_path):
     (tmp_path / METADATA_NAME).write_text("{not json")
     with pytest.raises(DatasetError, match=rf"{METADATA_NAME}: unreadable metadata JSON"):
         discover(tmp_path)
+
+
+def test_flair2_layout_is_detected_and_read_like_flair1(tmp_path):
+    # FLAIR-2 (IGNF/FLAIR-2 flair-2-config.yml, torchgeo flair2.py): flair_aerial_train,
+    # flair_sen_train, flair_labels_train; test trees flair_2_aerial_test / flair_2_labels_test;
+    # aerial metadata in flair_aerial_metadata.json; masks in the same 1..19 codes.
+    _tif(tmp_path / "flair_aerial_train" / "D013_2020" / "Z10_AU" / "img" / "IMG_077001.tif", 5)
+    _tif(tmp_path / "flair_labels_train" / "D013_2020" / "Z10_AU" / "msk" / "MSK_077001.tif")
+    (tmp_path / "flair_sen_train" / "D013_2020" / "Z10_AU" / "sen").mkdir(parents=True)
+    np.save(tmp_path / "flair_sen_train" / "D013_2020" / "Z10_AU" / "sen" / "SEN2_sp_D013_2020-Z10_AU_data.npy",
+            np.zeros((2, 10, 4, 4), np.int16))
+    _tif(tmp_path / "flair_2_aerial_test" / "D077_2021" / "Z1_NF" / "img" / "IMG_080001.tif", 5)
+    _tif(tmp_path / "flair_2_labels_test" / "D077_2021" / "Z1_NF" / "msk" / "MSK_080001.tif")
+    meta = {"IMG_077001": {"domain": "D013_2020", "zone": "Z10_AU", "date": "2020-09-14", "time": "11h20",
+                           "camera": "UCE-M3-f120-s06"}}
+    (tmp_path / "flair_aerial_metadata.json").write_text(json.dumps(meta))
+    assert detect_layout(tmp_path) == "flair2"
+    found = discover(tmp_path)
+    assert found.layout == "flair2" and [t.id for t in found.tiles] == ["077001", "080001"]
+    assert found.tiles[0].meta["date"] == "2020-09-14" and found.tiles[0].layout == "flair2"
+    assert found.metadata_file == tmp_path / "flair_aerial_metadata.json"
+    assert (found.tiles[1].domain, found.tiles[1].zone) == ("D077_2021", "Z1_NF")
+    assert found.orphan_images == [] and found.orphan_masks == []
+
+
+def test_layout_detection_and_explicit_dataset(tmp_path):
+    _tif(tmp_path / "IMG_000001.tif", 5)
+    _tif(tmp_path / "MSK_000001.tif")
+    assert detect_layout(tmp_path) == "flair1"
+    assert discover(tmp_path, dataset="flair2").layout == "flair2"
+    with pytest.raises(DatasetError, match="unknown dataset 'flair3'; expected auto, flair1, flair2, flairhub"):
+        discover(tmp_path, dataset="flair3")
+    with pytest.raises(DatasetError, match="no FLAIR-HUB patches found"):
+        discover(tmp_path, dataset="flairhub")

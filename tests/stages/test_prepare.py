@@ -79,14 +79,44 @@ def test_rerun_skips_finished_and_redoes_killed_tiles(stage_cfg, sample_root):
     rows = _manifest(res.manifest_path)
     keep = out / rows[1]["hint"]
     mtime = keep.stat().st_mtime_ns
-    # A killed run: tile 0's images were written but not its record; a temp file is left over.
-    (out / "records" / f"{rows[0]['id']}.json").unlink()
+    # A killed run: tile 0's images were written but its record line only half (the worker died
+    # mid-write); a temp file is left over.
+    shard = out / "records" / "records.jsonl"
+    assert [json.loads(line)["id"] for line in shard.read_text().splitlines()] == [r["id"] for r in rows]
+    lines = shard.read_text().splitlines(keepends=True)
+    shard.write_text("".join(lines[1:]))
+    (out / "records" / "part-killed.jsonl").write_text(lines[0][: len(lines[0]) // 2])
     (out / "hints" / ".tmp-dead-000000.png").write_bytes(b"half")
     again = prepare.run(stage_cfg("prepare"))
     assert (again.n_done, again.n_skipped) == (1, 11)
     assert keep.stat().st_mtime_ns == mtime
     assert not list((out / "hints").glob(".tmp-*"))
     assert _manifest(again.manifest_path) == rows
+    # the shards were merged back into one file, in id order
+    assert sorted(p.name for p in (out / "records").iterdir()) == ["records.jsonl"]
+    assert [json.loads(line)["id"] for line in shard.read_text().splitlines()] == [r["id"] for r in rows]
+
+
+def test_rerun_with_nothing_to_do_rewrites_nothing(stage_cfg, sample_root):
+    res = prepare.run(stage_cfg("prepare"))
+    out = res.prepared_dir
+    outputs = ["manifest.jsonl", "footprints.gpkg", "summary.json", "class_histogram.png", "records/records.jsonl"]
+    before = {name: (out / name).stat().st_mtime_ns for name in outputs}
+    again = prepare.run(stage_cfg("prepare"))
+    assert (again.n_done, again.n_skipped) == (0, 12)
+    assert {name: (out / name).stat().st_mtime_ns for name in outputs} == before
+    # a changed split is a change: the manifest is rewritten with it
+    third = prepare.run(stage_cfg("prepare", "split.val_domains=[D033_2020]"))
+    assert third.n_done == 0 and (out / "manifest.jsonl").stat().st_mtime_ns != before["manifest.jsonl"]
+    assert {r["domain"] for r in _manifest(third.manifest_path) if r["split"] == "val"} == {"D033_2020"}
+
+
+def test_chunks_bound_the_work_in_flight():
+    tiles = list(range(1000))
+    chunks = prepare._chunks(tiles, workers=2, chunk_size=64)
+    assert [len(c) for c in chunks] == [64] * 15 + [40] and sum(chunks, []) == tiles
+    small = prepare._chunks(tiles[:12], workers=2, chunk_size=64)
+    assert [len(c) for c in small] == [2] * 6  # small jobs still reach every worker
 
 
 def test_merge13_and_resize(stage_cfg, sample_root):
@@ -111,3 +141,44 @@ def test_bad_tile_raises_or_is_skipped(stage_cfg, sample_root):
 def test_missing_root_is_a_clear_error(stage_cfg, tmp_path):
     with pytest.raises(DatasetError, match="FLAIR root is not a folder"):
         prepare.run(stage_cfg("prepare", f"data_root={tmp_path}/nope"))
+
+
+def test_flair2_tree_keeps_its_flair1_codes(stage_cfg, tmp_path):
+    from affine import Affine
+
+    from seg2sat.raster import FLAIR_CRS, write_geotiff
+
+    root = tmp_path / "flair2"
+    codes = (np.arange(16 * 16).reshape(16, 16) % 19 + 1).astype(np.uint8)  # every code 1..19
+    for tid, dom, tree in (("077001", "D013_2020", "train"), ("080001", "D077_2021", "2_test")):
+        t = Affine(0.2, 0, 893000.0, 0, -0.2, 6247000.0)
+        img = np.stack([codes * 10, codes, codes, codes, codes])
+        aerial = "flair_aerial_train" if tree == "train" else "flair_2_aerial_test"
+        labels = "flair_labels_train" if tree == "train" else "flair_2_labels_test"
+        write_geotiff(root / aerial / dom / "Z1_UA" / "img" / f"IMG_{tid}.tif", img, FLAIR_CRS, t)
+        write_geotiff(root / labels / dom / "Z1_UA" / "msk" / f"MSK_{tid}.tif", codes[None], FLAIR_CRS, t)
+    (root / "flair_sen_train").mkdir()
+    res = prepare.run(stage_cfg("prepare", f"data_root={root}", "workers=0"))
+    assert res.n_done == 2
+    for r in _manifest(res.manifest_path):
+        np.testing.assert_array_equal(hint_to_codes(np.asarray(Image.open(res.prepared_dir / r["hint"]))), codes)
+        assert r["layout"] == "flair2" and r["nodata_pixels"] == 0 and r["valid"] is None
+    assert json.loads((res.prepared_dir / "summary.json").read_text())["layout"] == "flair2"
+
+
+def test_tiles_outside_france_are_captioned_with_their_real_place(stage_cfg, tmp_path):
+    from affine import Affine
+
+    from seg2sat.data.flair import METADATA_NAME
+    from seg2sat.raster import write_geotiff
+
+    root = tmp_path / "nc"
+    codes = np.full((16, 16), 7, np.uint8)
+    t = Affine(0.2, 0, 637000.0, 0, -0.2, 222000.0)  # EPSG:3358, the North Carolina sample's area
+    write_geotiff(root / "IMG_000001.tif", np.stack([codes] * 5), "EPSG:3358", t)
+    write_geotiff(root / "MSK_000001.tif", codes[None], "EPSG:3358", t)
+    (root / METADATA_NAME).write_text(json.dumps({"IMG_000001": {"domain": "NC_2020"}}))
+    res = prepare.run(stage_cfg("prepare", f"data_root={root}", "workers=0"))
+    (row,) = _manifest(res.manifest_path)
+    assert row["caption"] == "Aerial view of West Raleigh, Wake County, North Carolina, United States. deciduous"
+    assert row["crs"] == "EPSG:3358"
