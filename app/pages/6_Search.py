@@ -1,0 +1,69 @@
+"""Search tiles by a sentence (French or English) or by example; compute lives in seg2sat.search."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from seg2sat import app_support as sup
+from seg2sat import search
+from seg2sat.data.dataset import load_rgb
+from seg2sat.errors import Seg2SatError
+from seg2sat.hints import codes_to_hint
+
+st.set_page_config(page_title="Seg2Sat - Search", layout="wide")
+st.title("Find tiles by a sentence or by example")
+st.caption("Each tile's map is described (which classes, where, what surrounds what, what crosses it); the "
+           "description and your sentence are embedded with a multilingual sentence model (French or English).")
+
+
+@st.cache_resource(show_spinner="Indexing the labelled demo scenes...")
+def demo_index() -> tuple[search.TileIndex, dict]:
+    """The labelled scenes of the search benchmark (maps only), indexed once per server."""
+    ids, maps, _ = search.benchmark_scenes()
+    return search.build_index(ids, maps, search.text_encoder()), dict(zip(ids, maps, strict=True))
+
+
+@st.cache_resource(show_spinner="Indexing the dataset (once; cached in its cache/ folder)...")
+def dataset_index(path: str, by_example: bool) -> search.TileIndex:
+    """A prepared dataset's index, from its cache or built now."""
+    return search.index_prepared(path, by_example=by_example)[0]
+
+
+def show(hits: list[search.Hit], maps: dict | None, root: Path | None) -> None:
+    """One row per hit: image and map when there is a dataset, the map alone for demo scenes."""
+    for h in hits:
+        cols = st.columns([1, 1, 3])
+        if root is not None:
+            cols[0].image(load_rgb(root / h.record["image"]), caption="image")
+            cols[1].image(load_rgb(root / h.record["hint"]), caption="map")
+        else:
+            cols[1].image(codes_to_hint(maps[h.id]), caption="map", width=128)
+        cols[2].markdown(f"**{h.rank}. {h.id}** · score {h.score:.3f}")
+        cols[2].caption(h.description)
+
+
+default_dir = str(sup.app_config().paths.prepared_dir)
+source = st.radio("Tiles", ["Labelled demo scenes", "A prepared dataset"], horizontal=True, key="search_source")
+k = st.slider("Results", 1, 20, 5, key="search_k")
+try:
+    if source == "Labelled demo scenes":
+        index, maps, root = *demo_index(), None
+    else:
+        folder = st.text_input("Prepared dataset folder (holds manifest.jsonl)", default_dir, key="search_dir")
+        by_example = st.checkbox("Also index the images for search by example (trains the dataset's judge once)",
+                                 False, key="search_images")
+        index, maps, root = dataset_index(folder, by_example), None, Path(folder)
+    st.caption(f"{len(index)} tiles indexed with {index.encoder}")
+    query = st.text_input("Describe what you look for", "clairière entourée de forêt", key="search_query")
+    if st.button("Search", key="search_go"):
+        hits = index.search_text(query, k)
+        st.session_state["search_hits"] = [h.id for h in hits]
+        show(hits, maps, root)
+    if index.image_vectors is not None:
+        example = st.selectbox("Or find tiles that look like", index.ids, key="search_example")
+        if st.button("Find similar tiles", key="search_similar"):
+            hits = index.search_example(example, k)
+            st.session_state["search_similar_hits"] = [h.id for h in hits]
+            show(hits, maps, root)
+except Seg2SatError as exc:
+    st.warning(str(exc))
