@@ -278,10 +278,19 @@ def build_demo_model(cfg: DictConfig) -> Path:
 
 
 def make_prompt(codes: np.ndarray, cfg: DictConfig, place: str | None = None, style: str | None = None,
-                text: str | None = None) -> str:
-    """The prompt `infer` would make for this map, with the page's place, style or full text."""
+                text: str | None = None, upload: Upload | None = None) -> str:
+    """The prompt `infer` would make for this map, with the page's place, style or full text.
+
+    A georeferenced `upload` names its real place as `infer` does (`infer.place_on_grid`).
+    """
+    from seg2sat.stages.infer import place_on_grid
+
+    place = place or str(cfg.prompt.place)
+    if upload is not None and upload.georeferenced:
+        height, width = (upload.codes if upload.codes is not None else upload.rgb).shape[:2]
+        place = place_on_grid(place, upload.crs, upload.transform, width, height)
     return prompt_for(codes, text=text or cfg.prompt.text, template=str(cfg.prompt.template),
-                      place=place or str(cfg.prompt.place), style=style or cfg.prompt.style)
+                      place=place, style=style or cfg.prompt.style)
 
 
 def generate(model: LoadedModel, codes: np.ndarray, prompt: str, settings: Sampling,

@@ -28,8 +28,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("export", "seg2sat.stages.export", "checkpoint -> model folder for inference and the app"),
     "evaluate": ("evaluate", "seg2sat.stages.evaluate", "score how well a model follows its maps (fidelity.json, grid)"),
     "infer": ("infer", "seg2sat.stages.infer", "land-cover GeoTIFF/PNG/vector -> georeferenced aerial GeoTIFF"),
+    "mosaic": ("mosaic", "seg2sat.stages.mosaic", "a whole territory as one seamless mosaic (blocks, resumable; engine=ray)"),
     "app": ("app", "seg2sat.stages.app", "start the Streamlit app (draw, edit, batch)"),
-    "course": ("course", "seg2sat.stages.course", "companion lessons: tokens, sampling, llm, embeddings, words, gpt, diffusion"),
+    "search": ("search", "seg2sat.stages.search", "tiles of a prepared dataset by a sentence (French/English) or by example"),
+    "course": ("course", "seg2sat.stages.course", "companion lessons: tokens, sampling, llm, embeddings, words, gpt, diffusion, "
+               "rag, agent, dpo"),
     "demo": ("demo", "seg2sat.stages.demo", "sample data -> prepare -> train -> export -> a generated image"),
 }
 

@@ -386,9 +386,36 @@ def peek_model(source: str | Path) -> LoadedModel:
     return LoadedModel(pipe=None, tile=int(info.get("resolution") or 512), info=info, source=str(source))
 
 
+def auto_flag(value: Any, device: torch.device | str) -> bool:
+    """A speed-up switch: true/false as given; `auto` is on with CUDA and off elsewhere.
+
+    On the 2-core CPUs measured here channels_last was not faster and torch.compile of the
+    tiny preset took minutes for slower steps (docs/performance.md), so CPU runs stay eager.
+    """
+    if str(value).lower() == "auto":
+        return torch.device(device).type == "cuda"
+    return bool(value) and str(value).lower() != "false"
+
+
+def speed_up_pipeline(pipe: Any, compile: Any = "auto", channels_last: Any = "auto") -> dict[str, bool]:
+    """channels_last and in-place torch.compile for the pipeline's UNet and ControlNet.
+
+    In place (`nn.Module.compile`): the modules keep their class, so the pipeline, its
+    `save_pretrained` and threads sharing it work as before; only the first call pays.
+    """
+    device = pipe.unet.device
+    chosen = {"compile": auto_flag(compile, device), "channels_last": auto_flag(channels_last, device)}
+    for module in (pipe.unet, pipe.controlnet):
+        if chosen["channels_last"]:
+            module.to(memory_format=torch.channels_last)
+        if chosen["compile"]:
+            module.compile()
+    return chosen
+
+
 def load_model(source: str | Path, base: str | Path | None = None, device: str | torch.device = "cpu",
                dtype: torch.dtype | None = None, scheduler: str | None = "unipc",
-               lora: str | None = None) -> LoadedModel:
+               lora: str | None = None, compile: Any = False, channels_last: Any = "auto") -> LoadedModel:
     """A StableDiffusionControlNetPipeline and its model info, from a folder, a ControlNet or an id.
 
     Args:
@@ -400,6 +427,9 @@ def load_model(source: str | Path, base: str | Path | None = None, device: str |
         dtype: precision (float32 when None).
         scheduler: sampler name (see SCHEDULERS); None keeps the base's own.
         lora: a LoRA folder or id fused into the UNet (the LCM/TCD distillation LoRAs).
+        compile: torch.compile the UNet and ControlNet (`auto`: on CUDA; off by default until
+            measured on a GPU: docs/performance.md).
+        channels_last: NHWC convolutions (`auto`: on CUDA).
     """
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
@@ -436,7 +466,10 @@ def load_model(source: str | Path, base: str | Path | None = None, device: str |
         except (OSError, ValueError) as exc:
             raise ModelError(f"{lora}: cannot load the LoRA: {exc}") from exc
     tile = int(info.get("resolution") or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor))
-    return LoadedModel(pipe=pipe.to(device), tile=tile, info=info, source=str(source))
+    pipe = pipe.to(device)
+    # 4. Speed-ups that do not change what is computed (off on CPU unless asked for).
+    speed_up_pipeline(pipe, compile=compile, channels_last=channels_last)
+    return LoadedModel(pipe=pipe, tile=tile, info=info, source=str(source))
 
 
 def load_pipeline(source: str | Path, base: str | Path | None = None, device: str | torch.device = "cpu",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,12 +78,17 @@ def block_seed(seed: int, row: int, col: int) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def initial_noise(seed: int, lat_h: int, lat_w: int, block: int, channels: int = 4) -> torch.Tensor:
-    """(1, C, lat_h, lat_w) standard normal noise, drawn per `block` x `block` cell."""
+def initial_noise(seed: int, lat_h: int, lat_w: int, block: int, channels: int = 4,
+                  offset: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """(1, C, lat_h, lat_w) standard normal noise, drawn per `block` x `block` cell.
+
+    `offset` (block rows, block columns) is where this latent starts in a larger grid, so a
+    piece of a mosaic draws the noise of its global position.
+    """
     noise = torch.empty(1, channels, lat_h, lat_w)
     for r in range(0, lat_h, block):
         for c in range(0, lat_w, block):
-            g = torch.Generator().manual_seed(block_seed(seed, r // block, c // block))
+            g = torch.Generator().manual_seed(block_seed(seed, offset[0] + r // block, offset[1] + c // block))
             cell = torch.randn(1, channels, block, block, generator=g)
             h, w = min(block, lat_h - r), min(block, lat_w - c)
             noise[:, :, r:r + h, c:c + w] = cell[:, :, :h, :w]
@@ -110,9 +115,22 @@ def seam_ratio(image: np.ndarray, tile: int) -> float:
     return float(border.mean() / max(inside.mean(), 1e-6))
 
 
-def _batches(items: list[Window], n: int) -> Iterator[list[Window]]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
+def balanced_batches(items: list[Window], n: int) -> list[list[Window]]:
+    """`items` in consecutive batches of at most `n`, their sizes differing by at most one.
+
+    9 windows at n=8 make calls of 5 and 4, not 8 and 1: a one-window call costs nearly as
+    much as a full one on a GPU, so the last call of every step would waste most of a batch.
+    """
+    if not items:
+        return []
+    k = -(-len(items) // max(1, n))
+    q, r = divmod(len(items), k)
+    out, start = [], 0
+    for i in range(k):
+        size = q + (i < r)
+        out.append(items[start:start + size])
+        start += size
+    return out
 
 
 @dataclass
@@ -186,14 +204,18 @@ def _encode_text(pipe: Any, prompt: str, negative_prompt: str, do_cfg: bool) -> 
     return pos, (neg if do_cfg else None)
 
 
-def _initial_latents(pipe: Any, plan: _Plan, seed: int, steps: int) -> tuple[Any, torch.Tensor]:
+def _initial_latents(pipe: Any, plan: _Plan, seed: int, steps: int,
+                     origin: tuple[int, int] = (0, 0)) -> tuple[Any, torch.Tensor]:
     """A scheduler of this call's own, and the whole latent's initial noise drawn per block."""
     # A multistep scheduler keeps the history of its steps: one per call, never the shared one.
     sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
     device = pipe.unet.device
     sched.set_timesteps(steps, device=device)
     f = plan.factor
-    noise = initial_noise(seed, plan.height // f, plan.width // f, plan.lat_tile, int(pipe.unet.config.in_channels))
+    if origin[0] % plan.tile or origin[1] % plan.tile:
+        raise TilingError(f"origin {origin} must be a multiple of the tile {plan.tile} (noise is drawn per tile)")
+    noise = initial_noise(seed, plan.height // f, plan.width // f, plan.lat_tile, int(pipe.unet.config.in_channels),
+                          offset=(origin[0] // plan.tile, origin[1] // plan.tile))
     return sched, noise.to(device, torch.float32) * sched.init_noise_sigma
 
 
@@ -215,31 +237,51 @@ def _predict_noise(pipe: Any, inp: torch.Tensor, t: torch.Tensor, hint: torch.Te
     return uncond + guidance_scale * (cond - uncond)
 
 
+def _hint_crops(hint: torch.Tensor, batch: list[Window], tile: int, dtype: torch.dtype) -> torch.Tensor:
+    """The batch's hint crops as (B, 3, tile, tile) in [0, 1], cut from the hint on the device.
+
+    The hint is sent to the device once per raster (uint8, 3 bytes a pixel, so memory stays
+    flat) and cut there at every step: no step copies anything from the host.
+    """
+    return torch.stack([hint[w.row:w.row + tile, w.col:w.col + tile] for w in batch]).permute(0, 3, 1, 2) \
+        .to(dtype) / 255.0
+
+
 def _denoise(pipe: Any, sched: Any, latents: torch.Tensor, plan: _Plan, hint_rgb: np.ndarray, pos: torch.Tensor,
              neg: torch.Tensor | None, guidance_scale: float, controlnet_scale: float, batch_size: int,
              progress: _Progress) -> tuple[torch.Tensor, int]:
     """MultiDiffusion: at every step blend the windows' noise predictions, then step once.
 
-    Returns the denoised latent and the number of UNet/ControlNet calls.
+    A single window is its own blend: its prediction goes to the scheduler as it is (the app's
+    one-image path). Returns the denoised latent and the number of UNet/ControlNet calls.
     """
     device, dtype = pipe.unet.device, pipe.unet.dtype
-    lt, f, tile = plan.lat_tile, plan.factor, plan.tile
+    lt, f = plan.lat_tile, plan.factor
+    batches = balanced_batches(plan.windows, batch_size)
+    hint = torch.from_numpy(hint_rgb).to(device)
     calls = 0
     for t in sched.timesteps:
-        acc = torch.zeros_like(latents)
-        wsum = torch.zeros_like(latents[:, :1])
-        for batch in _batches(plan.windows, batch_size):
-            inp = sched.scale_model_input(plan.latent_crops(latents, batch), t).to(dtype)
-            crops = np.stack([hint_rgb[w.row:w.row + tile, w.col:w.col + tile] for w in batch])
-            hint = torch.from_numpy(crops).permute(0, 3, 1, 2).to(device, dtype) / 255.0
-            eps = _predict_noise(pipe, inp, t, hint, pos, neg, guidance_scale, controlnet_scale)
+        if len(plan.windows) == 1:
+            inp = sched.scale_model_input(plan.latent_crops(latents, batches[0]), t).to(dtype)
+            crops = _hint_crops(hint, batches[0], plan.tile, dtype)
+            blended = _predict_noise(pipe, inp, t, crops, pos, neg, guidance_scale, controlnet_scale)
             calls += 1
-            for i, w in enumerate(batch):
-                r, c = w.row // f, w.col // f
-                acc[:, :, r:r + lt, c:c + lt] += eps[i:i + 1] * plan.w_lat
-                wsum[:, :, r:r + lt, c:c + lt] += plan.w_lat
-            progress.advance(len(batch))
-        latents = sched.step(acc / wsum, t, latents, return_dict=False)[0]
+            progress.advance(1)
+        else:
+            acc = torch.zeros_like(latents)
+            wsum = torch.zeros_like(latents[:, :1])
+            for batch in batches:
+                inp = sched.scale_model_input(plan.latent_crops(latents, batch), t).to(dtype)
+                crops = _hint_crops(hint, batch, plan.tile, dtype)
+                eps = _predict_noise(pipe, inp, t, crops, pos, neg, guidance_scale, controlnet_scale)
+                calls += 1
+                for i, w in enumerate(batch):
+                    r, c = w.row // f, w.col // f
+                    acc[:, :, r:r + lt, c:c + lt] += eps[i:i + 1] * plan.w_lat
+                    wsum[:, :, r:r + lt, c:c + lt] += plan.w_lat
+                progress.advance(len(batch))
+            blended = acc / wsum
+        latents = sched.step(blended, t, latents, return_dict=False)[0]
     return latents, calls
 
 
@@ -261,7 +303,7 @@ def _decode_rows(pipe: Any, latents: torch.Tensor, plan: _Plan, decode_batch_siz
             strip = np.concatenate([strip, np.zeros((extra, width, 3), np.float32)])
             strip_w = np.concatenate([strip_w, np.zeros((extra, width, 1), np.float32)])
         row_wins = [w for w in plan.windows if w.row == row]
-        for batch in _batches(row_wins, decode_batch_size):
+        for batch in balanced_batches(row_wins, decode_batch_size):
             lat = plan.latent_crops(latents, batch)
             pix = vae.decode((lat / scale).to(vae.dtype), return_dict=False)[0].float()
             pix = ((pix.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
@@ -294,6 +336,7 @@ def generate_tiled(
     batch_size: int = 4,
     decode_batch_size: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    origin: tuple[int, int] = (0, 0),
 ) -> TiledResult:
     """Generate an aerial image for a land-cover `codes` grid of any size >= tile.
 
@@ -316,6 +359,9 @@ def generate_tiled(
         decode_batch_size: windows per VAE decoder call (the decoder's activations at full
             resolution dominate peak memory, so it gets its own, smaller batch).
         progress: called as progress(done, total) over (steps + 1) * windows units.
+        origin: (row, col) in pixels where `codes` starts in a larger work grid (multiples of
+            `tile`); the noise is that of the global position, so blocks of a mosaic cut from
+            one grid draw the noise the whole grid would. (0, 0) is a grid of its own.
 
     Raises:
         TilingError: sizes that are not multiples of `VAE_FACTOR`, a grid smaller than the
@@ -326,7 +372,7 @@ def generate_tiled(
     # 2. Text embeddings, once (no negative embedding without guidance).
     pos, neg = _encode_text(pipe, prompt, negative_prompt, do_cfg=guidance_scale > 1.0)
     # 3. A scheduler of this call's own, and the initial noise for the whole latent, per block.
-    sched, latents = _initial_latents(pipe, plan, seed, steps)
+    sched, latents = _initial_latents(pipe, plan, seed, steps, origin)
     ticks = _Progress(total=(steps + 1) * len(plan.windows), callback=progress)
     # 4. Denoise: blend every window's noise prediction, then one scheduler step.
     hint_rgb = codes_to_hint(codes)  # once: 3 bytes per pixel, sliced per window

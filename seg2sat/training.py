@@ -40,11 +40,12 @@ from seg2sat.data.dataset import (
     PreparedDataset,
     ShardedEpochSampler,
     collate,
+    hint_to_float,
     load_rgb,
     read_manifest,
 )
 from seg2sat.errors import Seg2SatError
-from seg2sat.models import Components, build_controlnet, load_components
+from seg2sat.models import Components, auto_flag, build_controlnet, load_components
 
 log = logging.getLogger(__name__)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -246,20 +247,21 @@ def compute_loss(batch: dict[str, Any], comps: Components, controlnet: Any, gen:
     device = comps.unet.device
     # 1. Latents: from the cache (posterior mean/std) or by encoding pixels.
     if "latent_mean" in batch:
-        mean, std = batch["latent_mean"].to(device), batch["latent_std"].to(device)
+        mean = batch["latent_mean"].to(device, non_blocking=True)
+        std = batch["latent_std"].to(device, non_blocking=True)
         latents = mean + std * torch.randn(mean.shape, generator=gen, device=device)
     else:
         with torch.no_grad():
-            dist = comps.vae.encode(batch["pixel_values"].to(device, weight_dtype)).latent_dist
+            dist = comps.vae.encode(batch["pixel_values"].to(device, weight_dtype, non_blocking=True)).latent_dist
             latents = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen, device=device,
                                                          dtype=dist.mean.dtype)
     latents = latents.float() * comps.vae.config.scaling_factor
     # 2. Text conditioning.
     if "text_embeds" in batch:
-        text = batch["text_embeds"].to(device, weight_dtype)
+        text = batch["text_embeds"].to(device, weight_dtype, non_blocking=True)
     else:
         with torch.no_grad():
-            text = comps.text_encoder(batch["input_ids"].to(device))[0]
+            text = comps.text_encoder(batch["input_ids"].to(device, non_blocking=True))[0]
     # 3. Forward diffusion.
     bsz = latents.shape[0]
     noise = torch.randn(latents.shape, generator=gen, device=device)
@@ -267,7 +269,7 @@ def compute_loss(batch: dict[str, Any], comps: Components, controlnet: Any, gen:
                                  gen, device)
     noisy = comps.noise_scheduler.add_noise(latents, noise, timesteps)
     # 4. ControlNet residuals into the frozen UNet.
-    cond = batch["conditioning"].to(device, torch.float32)
+    cond = hint_to_float(batch["conditioning"].to(device, non_blocking=True))
     down, mid = controlnet(noisy, timesteps, encoder_hidden_states=text.float(), controlnet_cond=cond,
                            return_dict=False)
     pred = comps.unet(noisy.to(weight_dtype), timesteps, encoder_hidden_states=text,
@@ -335,13 +337,29 @@ def validate(accelerator: Any, comps: Components, controlnet: Any, cfg: DictConf
 # ---------------------------------------------------------------------------------------------
 
 
-def _dataloader(ds: PreparedDataset, cfg: DictConfig, epoch: int, start_batch: int, accelerator: Any) -> DataLoader:
-    sampler = ShardedEpochSampler(len(ds), int(cfg.seed), epoch, accelerator.process_index,
-                                  accelerator.num_processes, int(cfg.batch_size), start_batch)
-    workers = int(cfg.num_workers)
-    return DataLoader(ds, batch_size=int(cfg.batch_size), sampler=sampler, collate_fn=collate,
-                      num_workers=workers, persistent_workers=False,
-                      pin_memory=accelerator.device.type == "cuda" and bool(cfg.pin_memory))
+def num_workers(cfg: DictConfig, device: torch.device, local_world: int = 1) -> int:
+    """DataLoader workers; `auto`: 0 on CPU, else this machine's cores per process less one (<= 8).
+
+    On CPU the cores are better spent computing; on a GPU host the workers decode and augment
+    while the device computes.
+    """
+    if str(cfg.num_workers) != "auto":
+        return int(cfg.num_workers)
+    cores = max(1, (os.cpu_count() or 1) // max(1, local_world) - 1)
+    return min(8, cores) if device.type == "cuda" else 0
+
+
+def _dataloader(ds: PreparedDataset, cfg: DictConfig, state: TrainState,
+                accelerator: Any) -> tuple[DataLoader, ShardedEpochSampler]:
+    """One loader for the whole run: its sampler is moved on with `set_epoch`, so workers persist."""
+    sampler = ShardedEpochSampler(len(ds), int(cfg.seed), state.epoch, accelerator.process_index,
+                                  accelerator.num_processes, int(cfg.batch_size), state.batch_in_epoch)
+    workers = num_workers(cfg, accelerator.device, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))  # set by torchrun
+    loader = DataLoader(ds, batch_size=int(cfg.batch_size), sampler=sampler, collate_fn=collate,
+                        num_workers=workers, persistent_workers=workers > 0,
+                        prefetch_factor=int(cfg.prefetch_factor) if workers > 0 else None,
+                        pin_memory=accelerator.device.type == "cuda" and bool(cfg.pin_memory))
+    return loader, sampler
 
 
 @dataclass
@@ -413,6 +431,25 @@ def _trainable_controlnet(cfg: DictConfig, comps: Components) -> Any:
     return controlnet
 
 
+def apply_speedups(cfg: DictConfig, comps: Components, controlnet: Any, device: torch.device) -> dict[str, bool]:
+    """channels_last, torch.compile and TF32 for the UNet and ControlNet, as configured.
+
+    `auto` turns each on for CUDA only (`models.auto_flag`). Compilation is in place (`nn.Module.compile`), so the modules keep their class for
+    saving, unwrapping and the validation pipeline. None of them changes what is computed.
+    """
+    chosen = {"channels_last": auto_flag(cfg.channels_last, device), "compile": auto_flag(cfg.compile, device),
+              "tf32": auto_flag(cfg.tf32, device) and device.type == "cuda"}
+    if chosen["tf32"]:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    for module in (comps.unet, controlnet):
+        if chosen["channels_last"]:
+            module.to(memory_format=torch.channels_last)
+        if chosen["compile"]:
+            module.compile(mode=str(cfg.compile_mode) if cfg.compile_mode else None)
+    log.info("train: speed-ups %s", chosen)
+    return chosen
+
+
 def _train_dataset(cfg: DictConfig, comps: Components, accelerator: Any) -> PreparedDataset:
     """The train split, reading latents and text embeddings from the cache when enabled."""
     cache = None
@@ -420,12 +457,10 @@ def _train_dataset(cfg: DictConfig, comps: Components, accelerator: Any) -> Prep
         if not cache_safe(cfg.augment):
             raise Seg2SatError("cache_latents=true allows only flips and rot90 augmentations "
                                f"(got {OmegaConf.to_container(cfg.augment)}); set cache_latents=false")
-        # The main process builds it (once, for all runs on this data); the others then load it.
-        if accelerator.is_main_process:
-            LatentCache.build_or_load(cfg.prepared_dir, "train", comps, int(cfg.resolution), accelerator.device)
-        accelerator.wait_for_everyone()
-        cache, _ = LatentCache.build_or_load(cfg.prepared_dir, "train", comps, int(cfg.resolution),
-                                             accelerator.device, is_main=False)
+        # Every rank encodes its share of the shards (once, for all runs on this data), then loads it.
+        cache, _ = LatentCache.build_or_load(cfg.prepared_dir, "train", comps, int(cfg.resolution), accelerator.device,
+                                             rank=accelerator.process_index, world=accelerator.num_processes,
+                                             barrier=accelerator.wait_for_everyone)
     return PreparedDataset(cfg.prepared_dir, "train", resolution=int(cfg.resolution), tokenizer=comps.tokenizer,
                            augment=cfg.augment, seed=int(cfg.seed), empty_prompt_prob=float(cfg.empty_prompt_prob),
                            cache=cache)
@@ -495,6 +530,33 @@ def _after_optimizer_step(cfg: DictConfig, accelerator: Any, comps: Components, 
         validate(accelerator, comps, tr.controlnet, cfg, run_dir, step)
 
 
+def _profiler(cfg: DictConfig, accelerator: Any, run_dir: Path) -> Any:
+    """torch.profiler over `profile.active` optimizer steps after `profile.wait` (main process).
+
+    Writes `profile/summary.txt` (operators by total time, host and device) and a Chrome trace
+    (`profile/trace.json`, open it in Perfetto) into the run folder; a null context when off.
+    """
+    import contextlib
+
+    prof_cfg = cfg.get("profile") or {}
+    if not prof_cfg.get("enabled") or not accelerator.is_main_process:
+        return contextlib.nullcontext()
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    out = run_dir / "profile"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if accelerator.device.type == "cuda" else [])
+    sort = "cuda_time_total" if accelerator.device.type == "cuda" else "cpu_time_total"
+
+    def ready(prof: Any) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "summary.txt", prof.key_averages().table(sort_by=sort, row_limit=40) + "\n")
+        prof.export_chrome_trace(str(out / "trace.json"))
+
+    return profile(activities=activities, on_trace_ready=ready, record_shapes=True,
+                   schedule=schedule(wait=int(prof_cfg.get("wait", 5)), warmup=1, active=int(prof_cfg.get("active", 5)),
+                                     repeat=1))
+
+
 def _train_loop(cfg: DictConfig, accelerator: Any, comps: Components, tr: _Trainables, ds: PreparedDataset,
                 state: TrainState, weight_dtype: torch.dtype, run_dir: Path) -> _Meter:
     """Epochs of this rank's batches from `state` on, an optimizer step every `accum` micro-batches."""
@@ -505,26 +567,31 @@ def _train_loop(cfg: DictConfig, accelerator: Any, comps: Components, tr: _Train
     bar = tqdm(total=max_steps, initial=state.global_step, desc="train", disable=not accelerator.is_main_process)
     meter = _Meter(loss_sum=torch.zeros((), device=accelerator.device))
     micro = 0  # micro-batches since the last optimizer step
-    while state.global_step < max_steps:
-        for batch in _dataloader(ds, cfg, state.epoch, state.batch_in_epoch, accelerator):
-            gen = _step_generator(int(cfg.seed), state.global_step * accum + micro,
-                                  accelerator.process_index, accelerator.device)
-            micro += 1
-            loss = _micro_step(batch, cfg, accelerator, comps, tr, gen, weight_dtype)
-            meter.add(loss, batch, accelerator.num_processes)
-            state.batch_in_epoch += 1
-            if not accelerator.sync_gradients:
-                continue
-            micro = 0
-            state.global_step += 1
-            state.samples_seen += int(cfg.batch_size) * accum * accelerator.num_processes
-            bar.update(1)
-            _after_optimizer_step(cfg, accelerator, comps, tr, state, meter, run_dir, bar)
-            if state.global_step >= max_steps:
-                break
-        if state.batch_in_epoch >= batches_per_epoch:
-            state.epoch += 1
-            state.batch_in_epoch = 0
+    loader, sampler = _dataloader(ds, cfg, state, accelerator)
+    with _profiler(cfg, accelerator, run_dir) as prof:
+        while state.global_step < max_steps:
+            sampler.set_epoch(state.epoch, state.batch_in_epoch)
+            for batch in loader:
+                gen = _step_generator(int(cfg.seed), state.global_step * accum + micro,
+                                      accelerator.process_index, accelerator.device)
+                micro += 1
+                loss = _micro_step(batch, cfg, accelerator, comps, tr, gen, weight_dtype)
+                meter.add(loss, batch, accelerator.num_processes)
+                state.batch_in_epoch += 1
+                if not accelerator.sync_gradients:
+                    continue
+                micro = 0
+                state.global_step += 1
+                state.samples_seen += int(cfg.batch_size) * accum * accelerator.num_processes
+                bar.update(1)
+                _after_optimizer_step(cfg, accelerator, comps, tr, state, meter, run_dir, bar)
+                if prof is not None:
+                    prof.step()
+                if state.global_step >= max_steps:
+                    break
+            if state.batch_in_epoch >= batches_per_epoch:
+                state.epoch += 1
+                state.batch_in_epoch = 0
     bar.close()
     if meter.last_loss is None and meter.loss_count:
         meter.last_loss = float((meter.loss_sum / meter.loss_count).item())
@@ -560,6 +627,7 @@ def train(cfg: DictConfig) -> TrainResult:
     comps = load_components(cfg.model, dtype=weight_dtype, device=accelerator.device)
     _init_run_dir(accelerator, cfg, run_dir, comps.base)
     controlnet = _trainable_controlnet(cfg, comps)
+    apply_speedups(cfg, comps, controlnet, accelerator.device)
     # 3. Data, through the latent cache when enabled.
     ds = _train_dataset(cfg, comps, accelerator)
     # 4. Optimizer and lr schedule, prepared with the model.

@@ -9,6 +9,7 @@ from seg2sat.hints import codes_to_hint
 from seg2sat.models import EMBEDDED_TINY_BASE, load_pipeline, load_pipeline_from_base
 from seg2sat.tiling import (
     VAE_FACTOR,
+    balanced_batches,
     generate_tiled,
     initial_noise,
     pad_to_tile,
@@ -103,6 +104,68 @@ def test_naive_tiling_is_the_diffusers_pipeline_on_each_window(pipe, guidance_sc
         expected = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
         np.testing.assert_array_equal(out[:, 64 * j:64 * (j + 1)], expected, err_msg=f"window {j}")
     assert not np.array_equal(out[:, :64], out[:, 64:])
+
+
+def test_one_window_is_the_diffusers_pipeline_exactly(pipe):
+    # The single-window path hands its prediction to the scheduler unblended: the app's image
+    # must be what diffusers' own pipeline makes of the same map, noise and settings.
+    codes = _codes(64, 64, seed=8)
+    out, _, result = _generate(pipe, codes, steps=3, seed=2, tile=64, overlap=16, guidance_scale=3.0)
+    assert (result.windows, result.model_calls) == (1, 3)
+    hint = torch.from_numpy(codes_to_hint(codes)).permute(2, 0, 1)[None].float() / 255.0
+    image = pipe(PROMPT, image=hint, num_inference_steps=3, guidance_scale=3.0,
+                 latents=initial_noise(2, 64 // pipe.vae_scale_factor, 64 // pipe.vae_scale_factor,
+                                       64 // pipe.vae_scale_factor), height=64, width=64, output_type="np").images[0]
+    np.testing.assert_array_equal(out, np.clip(np.rint(image * 255), 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 17, 40])
+@pytest.mark.parametrize("size", [1, 3, 8])
+def test_balanced_batches_keep_order_and_differ_by_at_most_one(n, size):
+    items = list(range(n))
+    batches = balanced_batches(items, size)
+    lengths = [len(b) for b in batches]
+    assert [i for b in batches for i in b] == items
+    assert len(batches) == -(-n // size) and max(lengths) <= size and max(lengths) - min(lengths) <= 1
+
+
+def test_no_step_ends_with_a_one_window_call(pipe, monkeypatch):
+    # 9 windows at batch 8: calls of 5 and 4 windows (x2 with guidance), never 8 then 1
+    sizes = []
+    forward = pipe.controlnet.forward
+
+    def spy(sample, *args, **kwargs):
+        sizes.append(sample.shape[0])
+        return forward(sample, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.controlnet, "forward", spy)
+    balanced, _, result = _generate(pipe, _codes(160, 160), steps=2, seed=1, tile=64, overlap=16, batch_size=8,
+                                    guidance_scale=3.0)
+    assert result.windows == 9 and sizes == [10, 8, 10, 8]
+    monkeypatch.setattr(pipe.controlnet, "forward", forward)
+    one_by_one, _, _ = _generate(pipe, _codes(160, 160), steps=2, seed=1, tile=64, overlap=16, batch_size=1,
+                                 guidance_scale=3.0)
+    # the batch composition changes no prediction beyond float rounding
+    assert np.abs(balanced.astype(int) - one_by_one.astype(int)).max() <= 2
+
+
+def test_channels_last_changes_no_pixel_beyond_rounding():
+    from seg2sat.models import speed_up_pipeline
+
+    codes = _codes(64, 128, seed=4)
+    plain, _, _ = _generate(load_pipeline("tiny-random"), codes, steps=2, seed=3, tile=64, overlap=16)
+    fast = load_pipeline("tiny-random")
+    assert speed_up_pipeline(fast, compile=False, channels_last=True) == {"compile": False, "channels_last": True}
+    assert fast.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    nhwc, _, _ = _generate(fast, codes, steps=2, seed=3, tile=64, overlap=16)
+    assert np.abs(plain.astype(int) - nhwc.astype(int)).max() <= 2
+
+
+def test_speed_ups_default_to_cuda_only():
+    from seg2sat.models import auto_flag
+
+    assert [auto_flag("auto", "cpu"), auto_flag("auto", "cuda"), auto_flag(True, "cpu"), auto_flag("false", "cuda"),
+            auto_flag(False, "cuda")] == [False, True, True, False, False]
 
 
 def test_rows_are_written_once_top_to_bottom_and_progress_reaches_total(pipe):

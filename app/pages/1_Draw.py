@@ -55,7 +55,7 @@ codes, hint, changed = sup.compose_drawing(base, strokes)
 if st.button("Generate", type="primary", key="generate"):
     loaded = ui.require_model()
     if loaded is not None:
-        prompt = sup.make_prompt(codes, cfg, **prompt_opts)
+        prompt = sup.make_prompt(codes, cfg, **prompt_opts, upload=base_upload)
         settings = ui.friendly(ui.settings, loaded, sampling)
         out = None
         if settings is not None:

@@ -6,8 +6,12 @@ choice made for a sample (augmentation, empty prompt) is seeded by (seed, epoch,
 does not depend on which worker or process loads it, nor on what came before. An
 `augment.seed` replaces the run seed for the augmentation draws only.
 
-Latent cache (`LatentCache`): the VAE posterior (mean and std) of every image and the text
-embedding of every caption are computed once and stored under `<prepared>/cache/<key>/`.
+Latent cache (`LatentCache`): the VAE posterior (mean and std) of every image, the text
+embedding of every caption and the hint (uint8) are computed once and stored under
+`<prepared>/cache/<key>/` in shards of `SHARD_SIZE` samples, read memory-mapped: a rank reads
+the rows it samples, never the whole split, and a dataset of 240k tiles is a few hundred files,
+not a file per tile. Ranks build disjoint shards in parallel; a killed build resumes at the
+first missing shard; `index.json`, written last, marks the cache complete.
 Training then samples `mean + std * noise`, exactly what `latent_dist.sample()` would give,
 without running the VAE. Only augmentations that commute with the VAE grid can be used with
 the cache: horizontal/vertical flips and 90-degree rotations, applied identically to the
@@ -27,7 +31,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from seg2sat.atomic import atomic_dir
+from seg2sat.atomic import atomic_path, sweep_tmp
 from seg2sat.data.augment import build_augment, check_augment
 from seg2sat.errors import DatasetError
 
@@ -82,6 +86,7 @@ class ShardedEpochSampler(Sampler[int]):
 
     The permutation is truncated to a multiple of `world * batch_size` so every rank gets the
     same number of full batches; `start_batch` skips batches already trained (resume).
+    `set_epoch` moves it on, so one DataLoader (and its persistent workers) serves every epoch.
     """
 
     def __init__(self, n: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
@@ -92,6 +97,10 @@ class ShardedEpochSampler(Sampler[int]):
         if self.batches_per_epoch == 0:
             raise DatasetError(f"{n} samples is fewer than one batch on every process "
                                f"({world} x {batch_size}); lower batch_size")
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """The next `iter()` yields `epoch` from its `start_batch`-th batch."""
+        self.epoch, self.start_batch = epoch, start_batch
 
     def order(self) -> list[int]:
         """This rank's sample indexes for the whole epoch."""
@@ -113,8 +122,9 @@ class PreparedDataset(Dataset):
     """Samples of a prepared split for ControlNet training.
 
     Item `epoch * n + index` is record `index` seen in `epoch` (see ShardedEpochSampler):
-    pixel_values (3, H, W) in [-1, 1], conditioning (3, H, W) in [0, 1] (the hint, never
-    blended: resized with nearest only), input_ids (77,), plus index/epoch/id for bookkeeping.
+    pixel_values (3, H, W) in [-1, 1], conditioning (3, H, W) uint8 (the hint, never blended:
+    resized with nearest only; `hint_to_float` scales it on the device, so a quarter of the
+    bytes cross to the GPU), input_ids (77,), plus index/epoch/id for bookkeeping.
     With a `cache`, `latent_mean`/`latent_std`/`text_embeds` replace pixels and tokens.
     """
 
@@ -158,19 +168,23 @@ class PreparedDataset(Dataset):
         empty = bool(np.random.default_rng(seed + 1).random() < self.empty_prompt_prob)
         item: dict[str, Any] = {"index": index, "epoch": epoch, "id": rec["id"], "empty_prompt": empty}
         if self.cache is not None:
-            mean, std, text = self.cache.get(index, empty)
-            hint = torch.tensor(load_rgb(self.root / rec["hint"])).permute(2, 0, 1).float() / 255
+            mean, std, text, hint = self.cache.get(index, empty)
             mean, std, hint = dihedral(k, fh, fv, mean, std, hint)
             item.update(latent_mean=mean, latent_std=std, text_embeds=text, conditioning=hint)
             return item
         image, hint = self._pixels(rec, aug_seed)
         pix = torch.tensor(image).permute(2, 0, 1).float() / 127.5 - 1
-        cond = torch.tensor(hint).permute(2, 0, 1).float() / 255
+        cond = torch.tensor(hint).permute(2, 0, 1)
         pix, cond = dihedral(k, fh, fv, pix, cond)
         item.update(pixel_values=pix, conditioning=cond)
         if self.tokenizer is not None:
             item["input_ids"] = tokenize(self.tokenizer, "" if empty else rec["caption"])[0]
         return item
+
+
+def hint_to_float(hint: torch.Tensor) -> torch.Tensor:
+    """A uint8 hint batch as float32 in [0, 1] (on whatever device it already is)."""
+    return hint.float() / 255 if hint.dtype == torch.uint8 else hint.float()
 
 
 def tokenize(tokenizer: Any, captions: str | list[str]) -> torch.Tensor:
@@ -207,18 +221,48 @@ def _fingerprint(components: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+SHARD_SIZE = 1024  # samples per cache file: ~0.5 GB at SD size in float32, 240 files for FLAIR-HUB
+CACHE_VERSION = 2  # 2: sharded, memory-mapped, with uint8 hints
+
+
+def _shard_name(shard: int) -> str:
+    return f"shard-{shard:05d}.safetensors"
+
+
 class LatentCache:
-    """VAE posteriors and text embeddings of a split, computed once, reused across runs."""
+    """VAE posteriors, text embeddings and uint8 hints of a split, in memory-mapped shards."""
 
-    def __init__(self, folder: Path, tensors: dict[str, torch.Tensor]) -> None:
-        self.folder = folder
-        self.mean, self.std = tensors["latent_mean"], tensors["latent_std"]
-        self.text, self.empty = tensors["text_embeds"], tensors["empty_embeds"]
+    def __init__(self, folder: Path, index: Mapping[str, Any]) -> None:
+        from safetensors.torch import load_file
 
-    def get(self, index: int, empty: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(mean, std, text embedding) of one record."""
-        text = self.empty[0] if empty else self.text[index]
-        return self.mean[index].float(), self.std[index].float(), text.float()
+        self.folder, self.n, self.shard_size = folder, int(index["n"]), int(index["shard_size"])
+        self.empty = load_file(folder / "empty.safetensors")["empty_embeds"]
+        self._files: dict[int, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers started by `spawn` receive the cache pickled: open files stay behind.
+        return {**self.__dict__, "_files": {}}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _file(self, shard: int) -> Any:
+        from safetensors import safe_open
+
+        if shard not in self._files:
+            self._files[shard] = safe_open(str(self.folder / _shard_name(shard)), framework="pt")
+        return self._files[shard]
+
+    def get(self, index: int, empty: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean, std, text embedding, uint8 hint) of one record, read from its shard."""
+        f = self._file(index // self.shard_size)
+        i = index % self.shard_size
+
+        def row(name: str) -> torch.Tensor:
+            return f.get_slice(name)[i:i + 1][0]
+
+        text = self.empty[0] if empty else row("text_embeds")
+        return row("latent_mean").float(), row("latent_std").float(), text.float(), row("hints")
 
     @staticmethod
     def key(base: str, resolution: int, vae_config: Mapping[str, Any], text_config: Mapping[str, Any],
@@ -232,45 +276,102 @@ class LatentCache:
         def public(config: Mapping[str, Any]) -> dict[str, Any]:
             return {k: v for k, v in dict(config).items() if not str(k).startswith("_")}
 
-        blob = json.dumps([base, resolution, public(vae_config), public(text_config), ids, captions],
+        blob = json.dumps([CACHE_VERSION, base, resolution, public(vae_config), public(text_config), ids, captions],
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @classmethod
-    def build_or_load(cls, prepared_dir: str | Path, split: str, components: Any, resolution: int,
-                      device: torch.device | str = "cpu", batch_size: int = 16,
-                      is_main: bool = True) -> tuple[LatentCache, bool]:
-        """Load the cache for these model parts, or compute it (main process); returns (cache, built)."""
-        from safetensors.torch import load_file, save_file
-
+    def folder_for(cls, prepared_dir: str | Path, split: str, components: Any, resolution: int) -> Path:
+        """Where the cache of this split, base and resolution lives."""
         records = read_manifest(prepared_dir, split)
-        ids, captions = [r["id"] for r in records], [r["caption"] for r in records]
         key = cls.key(components.base, resolution, dict(components.vae.config),
                       {**components.text_encoder.config.to_dict(), "weights": _fingerprint(components)},
-                      ids, captions)
-        folder = Path(prepared_dir) / "cache" / f"{split}-{key}"
-        file = folder / "cache.safetensors"
-        if file.exists():
-            return cls(folder, load_file(file)), False
-        if not is_main:
-            raise DatasetError(f"{file}: cache missing on a non-main process (build it on the main process first)")
+                      [r["id"] for r in records], [r["caption"] for r in records])
+        return Path(prepared_dir) / "cache" / f"{split}-{key}"
+
+    @classmethod
+    def build_or_load(cls, prepared_dir: str | Path, split: str, components: Any, resolution: int,
+                      device: torch.device | str = "cpu", batch_size: int = 16, is_main: bool = True,
+                      rank: int = 0, world: int = 1, barrier: Any = None,
+                      shard_size: int = SHARD_SIZE) -> tuple[LatentCache, bool]:
+        """Load the cache for these model parts, or compute it; returns (cache, built).
+
+        With `world` > 1 every rank calls this with its `rank` and a `barrier` (e.g.
+        `accelerator.wait_for_everyone`): rank r encodes shards r, r + world, ...; rank 0
+        then writes the index. A non-main caller with no barrier only loads.
+        """
+        folder = cls.folder_for(prepared_dir, split, components, resolution)
+        index_path = folder / "index.json"
+        if index_path.exists():
+            return cls(folder, json.loads(index_path.read_text())), False
+        if not is_main and barrier is None:
+            raise DatasetError(f"{index_path}: cache missing on a non-main process (build it on the main process first)")
+        wait = barrier or (lambda: None)
+        # 1. Sweep a killed build's half-written shard, then each rank encodes its own shards.
+        folder.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            sweep_tmp(folder)
+        wait()
         ds = PreparedDataset(prepared_dir, split, resolution=resolution)
-        means, stds, texts = [], [], []
-        vae, te = components.vae, components.text_encoder
-        with torch.no_grad():
-            for start in range(0, len(ds), batch_size):
-                idx = range(start, min(len(ds), start + batch_size))
-                pix = torch.stack([ds[i]["pixel_values"] for i in idx]).to(device, vae.dtype)
-                dist = vae.encode(pix).latent_dist
-                means.append(dist.mean.float().cpu())
-                stds.append(dist.std.float().cpu())
-                ids_ = tokenize(components.tokenizer, [captions[i] for i in idx]).to(device)
-                texts.append(te(ids_)[0].float().cpu())
-            empty = te(tokenize(components.tokenizer, [""]).to(device))[0].float().cpu()
-        tensors = {"latent_mean": torch.cat(means), "latent_std": torch.cat(stds),
-                   "text_embeds": torch.cat(texts), "empty_embeds": empty}
-        tensors = {k: v.contiguous() for k, v in tensors.items()}
-        with atomic_dir(folder, overwrite=True) as tmp:
-            save_file(tensors, str(tmp / "cache.safetensors"))
-            (tmp / "ids.json").write_text(json.dumps(ids))
-        return cls(folder, tensors), True
+        encode_shards(ds, folder, components, device, rank, world, batch_size, shard_size)
+        wait()
+        # 2. The empty-prompt embedding and the index, last: the cache is complete.
+        if rank == 0:
+            _write_index(ds, folder, components, device, shard_size)
+        wait()
+        return cls(folder, json.loads(index_path.read_text())), True
+
+
+def encode_shards(ds: PreparedDataset, folder: Path, components: Any, device: torch.device | str, rank: int = 0,
+                  world: int = 1, batch_size: int = 16, shard_size: int = SHARD_SIZE) -> list[int]:
+    """Encode shards rank, rank + world, ... of `ds` that are not on disk yet; returns those done.
+
+    Each shard is written whole (temp file, then rename): a killed build keeps the finished ones.
+    """
+    from safetensors.torch import save_file
+
+    done = []
+    for shard in range(rank, -(-len(ds) // shard_size), world):
+        path = folder / _shard_name(shard)
+        if path.exists():
+            continue
+        rows = range(shard * shard_size, min(len(ds), (shard + 1) * shard_size))
+        with atomic_path(path) as tmp:
+            save_file(_encode_rows(ds, rows, components, device, batch_size), str(tmp))
+        done.append(shard)
+    return done
+
+
+def _write_index(ds: PreparedDataset, folder: Path, components: Any, device: torch.device | str,
+                 shard_size: int) -> None:
+    from safetensors.torch import save_file
+
+    with torch.no_grad():
+        empty = components.text_encoder(tokenize(components.tokenizer, [""]).to(device))[0].float().cpu()
+    with atomic_path(folder / "empty.safetensors") as tmp:
+        save_file({"empty_embeds": empty.contiguous()}, str(tmp))
+    index = {"version": CACHE_VERSION, "n": len(ds), "shard_size": shard_size, "shards": -(-len(ds) // shard_size),
+             "ids": [r["id"] for r in ds.records]}
+    with atomic_path(folder / "index.json") as tmp:
+        tmp.write_text(json.dumps(index))
+
+
+def _encode_rows(ds: PreparedDataset, rows: range, components: Any, device: torch.device | str,
+                 batch_size: int) -> dict[str, torch.Tensor]:
+    """VAE posteriors, text embeddings and uint8 hints of dataset rows, as contiguous CPU tensors."""
+    vae, te = components.vae, components.text_encoder
+    means, stds, texts, hints = [], [], [], []
+    with torch.no_grad():
+        for start in range(rows.start, rows.stop, batch_size):
+            idx = range(start, min(rows.stop, start + batch_size))
+            items = [ds[i] for i in idx]
+            pix = torch.stack([it["pixel_values"] for it in items]).to(device, vae.dtype)
+            dist = vae.encode(pix).latent_dist
+            means.append(dist.mean.float().cpu())
+            stds.append(dist.std.float().cpu())
+            ids_ = tokenize(components.tokenizer, [ds.records[i]["caption"] for i in idx]).to(device)
+            texts.append(te(ids_)[0].float().cpu())
+            hints.append(torch.stack([it["conditioning"] for it in items]))
+    tensors = {"latent_mean": torch.cat(means), "latent_std": torch.cat(stds), "text_embeds": torch.cat(texts),
+               "hints": torch.cat(hints)}
+    return {k: v.contiguous() for k, v in tensors.items()}

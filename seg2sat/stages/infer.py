@@ -144,7 +144,8 @@ def load_model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> Loa
     from seg2sat.models import load_model as load
 
     return load(str(cfg.model_path), base=cfg.base_model, device=device, dtype=dtype,
-                scheduler=str(cfg.scheduler), lora=cfg.lora)
+                scheduler=str(cfg.scheduler), lora=cfg.lora, compile=cfg.get("compile", False),
+                channels_last=cfg.get("channels_last", "auto"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,10 +153,39 @@ def load_model(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> Loa
 # ---------------------------------------------------------------------------------------------
 
 
+def place_on_grid(place: str | None, crs: Any, transform: Any, width: int, height: int) -> str:
+    """The prompt's place for a grid: `place` as written, or the grid's real place.
+
+    `place` is kept unless it is `auto`/empty or the default `France`; the default stays
+    "France" over French rasters (as before) and names the real place (offline gazetteer at the
+    grid's centre) elsewhere. The app's georeferenced uploads go through here too, so the Draw
+    page and `infer` write the same prompt for the same raster.
+    """
+    from seg2sat.places import raster_place
+
+    place = str(place or "").strip()
+    if place not in ("", "auto", prompts.DEFAULT_PLACE):
+        return place
+    found = raster_place(crs, transform, width, height) if crs is not None else None
+    if found is None or (found.in_france and place == prompts.DEFAULT_PLACE):
+        return place if place not in ("", "auto") else prompts.DEFAULT_PLACE
+    return found.name
+
+
+def place_for(cfg: DictConfig, lc: LandCover) -> str:
+    """`place_on_grid` for an input; a plain image on its local grid has no real place."""
+    from seg2sat.raster import is_plain_image
+
+    plain = lc.path is not None and Path(lc.path).is_file() and is_plain_image(lc.path)
+    return place_on_grid(cfg.prompt.place, None if plain else lc.crs, lc.transform, lc.codes.shape[1],
+                         lc.codes.shape[0])
+
+
 def prompt_for(cfg: DictConfig, lc: LandCover) -> str:
-    """The fixed prompt, or the caption of the class shares (+ style)."""
+    """The fixed prompt, or the caption of the class shares (+ style) at the raster's place."""
+    place = str(cfg.prompt.place) if cfg.prompt.text else place_for(cfg, lc)
     return prompts.prompt_for(lc.codes, lc.valid, text=cfg.prompt.text, template=str(cfg.prompt.template),
-                              place=str(cfg.prompt.place), style=cfg.prompt.style)
+                              place=place, style=cfg.prompt.style)
 
 
 def _versions() -> dict[str, str]:

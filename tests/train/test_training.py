@@ -73,19 +73,22 @@ def _record_cache_builds(monkeypatch) -> list[bool]:
 
 def test_cache_is_built_once_and_reused(train_cfg, prepared_tiny, monkeypatch):
     # The first run on this data may build the cache (another test may have built it already);
-    # after it, a run loads it and computes nothing: every call reports built=False.
+    # after it, a run loads it and computes nothing: its one call reports built=False.
     train.run(train_cfg("run_name=a", "max_steps=1"))
-    caches = sorted((prepared_tiny / "cache").glob("train-*/cache.safetensors"))
-    assert len(caches) == 1
+    indexes = sorted((prepared_tiny / "cache").glob("train-*/index.json"))
+    assert len(indexes) == 1
     built = _record_cache_builds(monkeypatch)
     train.run(train_cfg("run_name=b", "max_steps=1"))
-    assert built == [False, False]  # main process, then every process (is_main=False)
-    assert sorted((prepared_tiny / "cache").glob("train-*/cache.safetensors")) == caches
-    tensors = load_file(str(caches[0]))
+    assert built == [False]
+    assert sorted((prepared_tiny / "cache").glob("train-*/index.json")) == indexes
     n_train = sum(1 for line in (prepared_tiny / "manifest.jsonl").read_text().splitlines()
                   if json.loads(line)["split"] == "train")
+    index = json.loads(indexes[0].read_text())
+    assert index["n"] == n_train and index["shards"] == 1 and len(index["ids"]) == n_train
+    tensors = load_file(str(indexes[0].parent / "shard-00000.safetensors"))
     assert tensors["latent_mean"].shape == (n_train, 4, 16, 16)  # 64 px tiles, latent factor 4
     assert tensors["text_embeds"].shape == (n_train, 77, 32)
+    assert tensors["hints"].shape == (n_train, 3, 64, 64) and tensors["hints"].dtype == torch.uint8
 
 
 def test_cache_refuses_augmentations_it_cannot_apply(train_cfg):
@@ -205,3 +208,31 @@ def test_zero_convs_get_their_own_learning_rate():
     assert all(torch.count_nonzero(p) == 0 for p in zero["params"])
     assert all(id(p) in zero_ids for p in cn.parameters() if p.dim() > 1 and torch.count_nonzero(p) == 0)
     assert len(rest["params"]) + len(zero["params"]) == len(list(cn.parameters()))
+
+
+def test_dataloader_workers_change_nothing_but_speed(train_cfg):
+    # Persistent workers load the batches in other processes: the run must be the same run.
+    inline = train.run(train_cfg("run_name=w0", "max_steps=3", "num_workers=0"))
+    workers = train.run(train_cfg("run_name=w2", "max_steps=3", "num_workers=2"))
+    assert workers.seen == inline.seen and workers.last_loss == inline.last_loss
+    for (name, a), b in zip(inline.controlnet.state_dict().items(), workers.controlnet.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_auto_workers_are_none_on_cpu_and_cores_less_one_on_a_gpu(train_cfg, monkeypatch):
+    from seg2sat.training import num_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    cfg = train_cfg()
+    assert num_workers(cfg, torch.device("cpu")) == 0
+    assert num_workers(cfg, torch.device("cuda")) == 8 and num_workers(cfg, torch.device("cuda"), local_world=4) == 3
+    assert num_workers(train_cfg("num_workers=5"), torch.device("cpu")) == 5
+
+
+def test_profile_writes_an_operator_summary_and_a_trace(train_cfg):
+    result = train.run(train_cfg("max_steps=4", "profile.enabled=true", "profile.wait=1", "profile.active=2"))
+    summary = (result.run_dir / "profile" / "summary.txt").read_text()
+    assert "aten::convolution" in summary and "Self CPU" in summary
+    trace = json.loads((result.run_dir / "profile" / "trace.json").read_text())
+    assert any(e.get("name") == "aten::convolution" for e in trace["traceEvents"])
