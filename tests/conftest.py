@@ -59,3 +59,14 @@ def train_cfg(prepared_tiny, tmp_path):
                                  "batch_size=4", "log_every=1", "validation_steps=0", *overrides])
 
     return make
+
+
+@pytest.fixture
+def stage_cfg(tmp_path):
+    """compose(stage, overrides) with every path under tmp_path."""
+    from seg2sat.config import compose
+
+    def make(stage, *overrides):
+        return compose(stage, [f"paths.root_dir={tmp_path}", *overrides])
+
+    return make

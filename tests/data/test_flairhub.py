@@ -10,7 +10,6 @@ from affine import Affine
 from PIL import Image
 from shapely.geometry import box
 
-from seg2sat.config import compose
 from seg2sat.data.flair import detect_layout, discover
 from seg2sat.data.flairhub import parse_date, read_splits
 from seg2sat.errors import DatasetError, LegendError
@@ -69,14 +68,6 @@ def _patch(root, domain_year, roi, rc, label, modalities=("AERIAL_RGBI", "AERIAL
         else:
             _write(path, np.zeros((1, SIZE, SIZE), np.uint8), transform)
     return f"{domain_year}_{roi}_{rc}"
-
-
-@pytest.fixture
-def stage_cfg(tmp_path):
-    def make(stage, *overrides):
-        return compose(stage, [f"paths.root_dir={tmp_path}", *overrides])
-
-    return make
 
 
 @pytest.fixture

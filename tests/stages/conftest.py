@@ -7,22 +7,11 @@ import pytest
 from affine import Affine
 from PIL import Image
 
-from seg2sat.config import compose
 from seg2sat.data.flair import METADATA_NAME
 from seg2sat.hints import hint_to_codes
 from seg2sat.raster import FLAIR_CRS, FLAIR_RESOLUTION, write_geotiff
 
 REAL_IDS = ("066278", "067998", "073879")
-
-
-@pytest.fixture
-def stage_cfg(tmp_path):
-    """compose(stage, overrides) with every path under tmp_path."""
-
-    def make(stage, *overrides):
-        return compose(stage, [f"paths.root_dir={tmp_path}", *overrides])
-
-    return make
 
 
 @pytest.fixture
