@@ -41,7 +41,6 @@ class PeerRun:
     samples_per_s: float
     seconds: float  # wall time of the timed steps
     steps_timed: int
-    returncode: int
 
 
 def export_parquet(prepared_dir: Path, out_dir: Path) -> Path:
@@ -108,5 +107,5 @@ def run_peer(script: Path, *, base: Path, controlnet: Path, data_dir: Path, out_
     if warmup not in times or total not in times:
         raise RuntimeError(f"{out_dir}: no TensorBoard loss events for steps {warmup} and {total}")
     dt = times[total] - times[warmup]
-    return PeerRun(samples_per_s=steps * batch_size / dt, seconds=dt, steps_timed=steps, returncode=0)
+    return PeerRun(samples_per_s=steps * batch_size / dt, seconds=dt, steps_timed=steps)
 
