@@ -1,16 +1,12 @@
-"""Train a ControlNet: `python train.py [overrides]` or `accelerate launch train.py [overrides]`."""
+"""Train a ControlNet: `python train.py [overrides]` or `accelerate launch train.py [overrides]`.
 
-import hydra
-from omegaconf import DictConfig
+The same as `seg2sat train [overrides]`: one entry point, so both give the same one-line errors
+and exit codes (2 bad input or config, 1 a failed part of a batch; `--debug` for a traceback).
+"""
 
-from seg2sat.stages.train import run
+import sys
 
-
-@hydra.main(config_path="conf", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    """Thin entry point: all the work is in `run`."""
-    run(cfg)
-
+from seg2sat.cli import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main(["train", *sys.argv[1:]]))

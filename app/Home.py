@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from seg2sat import app_ui as ui
 from seg2sat.labels import NUM_CLASSES
+from seg2sat.serving import app_ui as ui
 
 st.set_page_config(page_title="Seg2Sat", layout="wide")
 st.title("Seg2Sat: land cover in, aerial image out")

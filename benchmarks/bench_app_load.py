@@ -1,7 +1,7 @@
 """The app under load: latency and throughput for 1, 2 and 4 users sharing one model.
 
 Each simulated user is a thread doing what the Draw page does when Generate is pressed, back to
-back: take a place in the device queue (`seg2sat.device_queue.DeviceQueue`, `app.max_concurrent`
+back: take a place in the device queue (`seg2sat.serving.device_queue.DeviceQueue`, `app.max_concurrent`
 slots), generate its own map with its own seed on the one shared pipeline (`app_support.generate`),
 encode the PNG. Latency = waiting + generating + encoding, as the user sees it. The baseline is
 one user, measured in the same run; ratios are against it. Peak memory (process RSS, sampled
@@ -25,11 +25,11 @@ from pathlib import Path
 import psutil
 import torch
 
-from seg2sat import app_support as sup
 from seg2sat.config import compose
-from seg2sat.device_queue import DeviceQueue
-from seg2sat.models import load_model, resolve_device_dtype
-from seg2sat.sampling import Sampling
+from seg2sat.generation.models import load_model, resolve_device_dtype
+from seg2sat.generation.sampling import Sampling
+from seg2sat.serving import app_support as sup
+from seg2sat.serving.device_queue import DeviceQueue
 
 
 class PeakRSS:
@@ -94,7 +94,7 @@ def main() -> None:
     device, dtype = resolve_device_dtype(args.device, "auto")
     model = load_model(args.model, device=device, dtype=dtype)
     # The app's settings for this model (what the Draw page uses with untouched widgets).
-    settings = Sampling.from_config(compose("app", [f"model_path={args.model}", f"steps={args.steps}"]), model)
+    settings = Sampling.from_config(compose("app", [f"model_path={args.model}", f"sampling.steps={args.steps}"]).sampling, model)
     run_users(model, 1, 1, 1, args.size, settings)  # warm-up
     rows = [run_users(model, users, args.requests, 1, args.size, settings) for users in (1, 2, 4)]
     rows.append(run_users(model, 4, args.requests, 2, args.size, settings))

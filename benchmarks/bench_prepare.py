@@ -33,7 +33,8 @@ import rasterio
 from affine import Affine
 
 from seg2sat.config import compose
-from seg2sat.data.flair import METADATA_NAME, discover
+from seg2sat.data.flair import METADATA_NAME
+from seg2sat.data.tiles import discover
 from seg2sat.stages import prepare
 
 REPO = Path(__file__).resolve().parent.parent

@@ -55,7 +55,7 @@ def plan_child(extent: str, out: str) -> dict:
     from seg2sat.stages import mosaic
 
     cfg = _compose(Path(out), "crs=EPSG:2154", f"extent=[{extent}]", "check=true", "model_path=none",
-                   "block=8192", "halo=512", "tile=512", "overlap=128", "steps=20")
+                   "block=8192", "halo=512", "sampling.tile=512", "sampling.overlap=128", "sampling.steps=20")
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         result = mosaic.run(cfg)
@@ -97,10 +97,10 @@ def seams_part(side: int, steps: int) -> dict:
     from affine import Affine
 
     from seg2sat.data.synthetic import scene_codes
-    from seg2sat.models import EMBEDDED_TINY_BASE, load_pipeline_from_base
-    from seg2sat.raster import FLAIR_CRS, write_geotiff
+    from seg2sat.generation.models import EMBEDDED_TINY_BASE, load_pipeline_from_base
+    from seg2sat.generation.tiling import generate_image, seam_ratio
+    from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
     from seg2sat.stages import mosaic
-    from seg2sat.tiling import generate_image, seam_ratio
 
     torch.set_num_threads(1)  # this benchmark process only: 2 threads spin on 2 shared cores
     pipe = load_pipeline_from_base(EMBEDDED_TINY_BASE)
@@ -119,8 +119,8 @@ def seams_part(side: int, steps: int) -> dict:
     rows = {"whole_grid": {**measure(whole), "seconds": round(time.perf_counter() - t0, 1)}}
     for name, halo, seam in (("no_halo", 0, "crop"), ("crop_64", 64, "crop"), ("crop_128", 128, "crop"),
                              ("blend_64", 64, "blend"), ("blend_128", 128, "blend")):
-        cfg = _compose(work / name, f"input={lc}", "model_path=tiny-random", f"steps={steps}", "guidance_scale=1.0",
-                       "batch_size=8", f"block={block}", f"halo={halo}", f"seam={seam}", f"prompt.text={prompt}")
+        cfg = _compose(work / name, f"input={lc}", "model_path=tiny-random", f"sampling.steps={steps}", "sampling.guidance_scale=1.0",
+                       "sampling.batch_size=8", f"block={block}", f"halo={halo}", f"seam={seam}", f"prompt.text={prompt}")
         t0 = time.perf_counter()
         result = mosaic.run(cfg, pipe)
         with rasterio.open(result.vrt) as src:
@@ -146,12 +146,12 @@ def throughput_part(side: int, steps: int) -> dict:
     from affine import Affine
 
     from seg2sat.data.synthetic import scene_codes
-    from seg2sat.raster import FLAIR_CRS, write_geotiff
+    from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
 
     work = Path(tempfile.mkdtemp(prefix="tput-"))
     codes = scene_codes(side, np.random.default_rng(1)).astype(np.uint8)
     lc = write_geotiff(work / "lc.tif", codes[None], FLAIR_CRS, Affine(0.2, 0, 128 * 0.2 * 40, 0, -0.2, 128 * 0.2 * 900))
-    common = [f"input={lc}", "model_path=tiny-random", f"steps={steps}", "guidance_scale=1.0", "batch_size=8",
+    common = [f"input={lc}", "model_path=tiny-random", f"sampling.steps={steps}", "sampling.guidance_scale=1.0", "sampling.batch_size=8",
               "block=128", "halo=64", "prompt.text=Aerial view"]
     rows = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as Ray gives each 1-CPU actor
@@ -194,7 +194,7 @@ def main() -> None:
 
     import torch
 
-    from seg2sat.stages.infer import _versions
+    from seg2sat.generation.files import versions as _versions
 
     record = {"device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                         f"cuda={torch.cuda.is_available()}", "versions": _versions(),

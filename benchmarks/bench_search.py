@@ -1,7 +1,7 @@
 """Tile search: recall@5 of two text encoders on the labelled query set, and query time at 10k tiles.
 
-1. Recall@5 (seg2sat.search.recall_at_k) on the labelled scenes (12 kinds x 4 tiles + 24
-   distractors) and the 24 French/English queries of seg2sat/course/data/search_queries.json,
+1. Recall@5 (seg2sat.recall_at_k) on the labelled scenes (12 kinds x 4 tiles + 24
+   distractors) and the 24 French/English queries of seg2sat/search/queries.json,
    with the multilingual Universal Sentence Encoder (the default) and all-MiniLM-L6-v2 (English
    only) as the baseline; the ratio is multilingual / MiniLM.
 2. Query time at 10,000 tiles: the index is the labelled scenes' real description vectors
@@ -22,8 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from seg2sat import search
 from seg2sat.atomic import write_json
+from seg2sat.search.describe import describe
+from seg2sat.search.encoders import text_encoder
+from seg2sat.search.index import TileIndex, build_index
+from seg2sat.search.scenes import benchmark_scenes, load_queries, recall_at_k
 
 RESULTS = Path(__file__).parent / "results" / "search.json"
 
@@ -46,16 +49,16 @@ def main() -> None:
     args = parser.parse_args()
 
     # 1. Recall@5 of both encoders.
-    ids, maps, kinds = search.benchmark_scenes()
-    queries = search.load_queries()
+    ids, maps, kinds = benchmark_scenes()
+    queries = load_queries()
     recall, build_s, indexes = {}, {}, {}
     for name in ("use-multilingual", "minilm"):
-        enc = search.text_encoder(name)
+        enc = text_encoder(name)
         enc.encode(["warm up"])
         t0 = time.perf_counter()
-        indexes[name] = search.build_index(ids, maps, enc)
+        indexes[name] = build_index(ids, maps, enc)
         build_s[name] = time.perf_counter() - t0
-        r = search.recall_at_k(indexes[name], kinds, queries, k=5)
+        r = recall_at_k(indexes[name], kinds, queries, k=5)
         recall[name] = {"recall_at_5": round(r["recall"], 3), **{f"recall_at_5_{k}": round(v, 3)
                                                                  for k, v in r["by_lang"].items()}}
     print(f"{'encoder':<18}{'recall@5':>10}{'fr':>8}{'en':>8}{'index 72 tiles s':>18}")
@@ -71,8 +74,8 @@ def main() -> None:
     rows = base.text_vectors[rng.integers(len(base), size=args.tiles)]
     rows = rows + rng.normal(0, 0.02, rows.shape).astype(np.float32)
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    big = search.TileIndex([f"t{i}" for i in range(args.tiles)], ["-"] * args.tiles, rows, base.encoder)
-    enc = search.text_encoder("use-multilingual")
+    big = TileIndex([f"t{i}" for i in range(args.tiles)], ["-"] * args.tiles, rows, base.encoder)
+    enc = text_encoder("use-multilingual")
     q = enc.encode(["clairière entourée de forêt"])[0]
     encode_s = timed(lambda: enc.encode(["clairière entourée de forêt"]), args.repeat)
     scan_s = timed(lambda: big._hits(big.text_vectors @ q, 5), args.repeat)
@@ -84,7 +87,7 @@ def main() -> None:
 
     # 3. Describing a tile.
     big_map = np.kron(maps[0], np.ones((8, 8), np.uint8))
-    d64, d512 = timed(lambda: search.describe(maps[0]), 10), timed(lambda: search.describe(big_map), 5)
+    d64, d512 = timed(lambda: describe(maps[0]), 10), timed(lambda: describe(big_map), 5)
     print(f"describe: {1000 * d64:.1f} ms per 64 px tile, {1000 * d512:.1f} ms per 512 px tile")
 
     import torch

@@ -34,7 +34,7 @@ from devices import device_name, peak_tflops, versions
 
 from seg2sat.config import compose
 from seg2sat.data.dataset import PreparedDataset, collate, hint_to_float
-from seg2sat.models import (
+from seg2sat.generation.models import (
     EMBEDDED_TINY_BASE,
     TINY_PRESET,
     TINY_RESOLUTION,
@@ -45,7 +45,7 @@ from seg2sat.models import (
     save_pipeline_parts,
 )
 from seg2sat.stages import prepare, sample_data, train
-from seg2sat.training import num_workers
+from seg2sat.training.loop import num_workers
 
 
 def _peak_mb(device: torch.device) -> float:
@@ -104,7 +104,7 @@ def flops_per_sample(cfg) -> float:
     ControlNet forward and backward), counted by torch.utils.flop_counter on a batch of 1."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from seg2sat.training import compute_loss
+    from seg2sat.training.loop import compute_loss
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[str(cfg.mixed_precision)]

@@ -2,7 +2,7 @@
 
 Trains a ControlNet with the product's own loop (`seg2sat train`) on a prepared dataset,
 saves a checkpoint every `--every` steps, and scores each one with the dataset's judge
-(`seg2sat.fidelity`): the re-segmented mIoU of its images of the validation maps over that
+(`seg2sat.evaluation.judge`): the re-segmented mIoU of its images of the validation maps over that
 of the real images. The untrained ControlNet (step 0) and the VAE round trip are scored once.
 Each sampling setting given with `--sampling guidance,scale` is scored at every checkpoint.
 Writes a JSON record to benchmarks/results/ and, with `--plot`, a PNG of the curves.
@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 
 from seg2sat.config import compose
-from seg2sat.fidelity import JudgeConfig, fidelity_report, load_or_train_judge, split_arrays
-from seg2sat.models import EMBEDDED_TINY_BASE, load_pipeline, load_pipeline_from_base
-from seg2sat.training import train
+from seg2sat.evaluation.judge import JudgeConfig, load_or_train_judge, split_arrays
+from seg2sat.evaluation.scores import fidelity_report
+from seg2sat.generation.models import EMBEDDED_TINY_BASE, load_pipeline, load_pipeline_from_base
+from seg2sat.training.loop import train
 
 
 def parse() -> argparse.Namespace:

@@ -29,12 +29,12 @@ from PIL import Image
 
 from seg2sat.config import compose
 from seg2sat.data.flair import METADATA_NAME
+from seg2sat.generation.models import EMBEDDED_TINY_BASE
+from seg2sat.geo.raster import FLAIR_CRS, FLAIR_RESOLUTION, write_geotiff
 from seg2sat.hints import hint_to_codes
-from seg2sat.models import EMBEDDED_TINY_BASE
-from seg2sat.raster import FLAIR_CRS, FLAIR_RESOLUTION, write_geotiff
 from seg2sat.stages import evaluate, export, prepare
-from seg2sat.tiny_base import PretrainSettings, pretrain_tiny_base
-from seg2sat.training import train
+from seg2sat.training.loop import train
+from seg2sat.training.tiny_base import PretrainSettings, pretrain_tiny_base
 
 SCORED_DOMAIN = "D064_2021"
 

@@ -11,7 +11,8 @@ from seg2sat.errors import Seg2SatError
 
 # conf/ sits at the repository root (the install is editable: `pip install -e .`).
 CONF_DIR: Path = Path(__file__).resolve().parent.parent / "conf"
-STAGES: tuple[str, ...] = ("prepare", "train", "export", "infer", "app", "demo", "sample_data", "course", "evaluate", "pretrain")
+# Where `seg2sat app` hands its resolved config to the Streamlit pages (a file path).
+APP_CONFIG_ENV = "SEG2SAT_APP_CONFIG"
 
 
 def conf_dir() -> Path:

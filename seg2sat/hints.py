@@ -80,7 +80,7 @@ def hint_to_codes(hint: np.ndarray, source: str | Path | None = None) -> np.ndar
         detail = ", ".join(f"#{colours[i]:06x}: {counts[i]} px" for i in top)
         raise LegendError(
             f"{_where(source)}{int((~ok).sum())} pixels in {len(colours)} colours are not legend "
-            f"colours (most frequent: {detail}); use snap_hint() for hand-drawn maps"
+            f"colours (most frequent: {detail}); pass snap=true for a hand-drawn map"
         )
     return _HASH_CODE[slot]
 

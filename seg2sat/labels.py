@@ -166,32 +166,6 @@ def legend_markdown() -> str:
     return "\n".join(rows)
 
 
-def legend_figure(path: str | Path) -> Path:
-    """Draw the legend as a PNG of swatches and names; returns the path written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    path = Path(path)
-    fig, ax = plt.subplots(figsize=(4.2, 0.32 * NUM_CLASSES + 0.3))
-    for i, c in enumerate(CLASSES):
-        y = NUM_CLASSES - 1 - i
-        ax.add_patch(Rectangle((0, y + 0.1), 0.8, 0.8, color=c.hex, ec="#444444", lw=0.5))
-        ax.text(1.0, y + 0.5, f"{c.code:>2}  {c.name}", va="center", fontsize=9)
-    ax.set_xlim(0, 6)
-    ax.set_ylim(0, NUM_CLASSES)
-    ax.axis("off")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
-
-
 # FLAIR-HUB's AERIAL_LABEL-COSIA masks are 0-based and ordered differently from FLAIR-1 (the
 # order and names of IGNF/FLAIR-HUB configs/train/config_supervision.yaml, the colours of its
 # README; torchgeo's FLAIRHUB dataset lists the same). Read as FLAIR-1 codes they would turn
@@ -241,7 +215,7 @@ def remap_flairhub(codes: np.ndarray, source: str | Path | None = None) -> tuple
     """FLAIR-HUB COSIA codes (0..18) -> (FLAIR-1 codes, valid mask).
 
     "undefined" pixels are nodata: `valid` is False there and their code is OTHER_CODE, as
-    for nodata everywhere else in the project (see seg2sat.landcover.LandCover).
+    for nodata everywhere else in the project (see seg2sat.geo.landcover.LandCover).
 
     Raises:
         LegendError: non-integer codes, or values outside 0..18 (listed with their counts).

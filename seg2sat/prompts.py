@@ -4,7 +4,7 @@ The public Seg2Sat ControlNet was trained on exactly this form, with classes by 
 share and the place from an OpenStreetMap reverse-geocoding of the tile. We never call a
 web geocoder: the place comes from metadata (an OSM `display_name` when the metadata carries
 one), else from the FLAIR domain's department(s), else from the raster's own location looked
-up offline (`seg2sat.places`); "France" is only the last resort for a French tile.
+up offline (`seg2sat.geo.places`); "France" is only the last resort for a French tile.
 """
 
 from __future__ import annotations
@@ -87,31 +87,13 @@ def place_of(meta: Mapping[str, Any] | None, fallback: str | None = DEFAULT_PLAC
     """The place named in a caption, from tile metadata, with no network call.
 
     `display_name`, else the domain's department, else `fallback` (pass None to try the
-    raster's own location next, see `seg2sat.places`).
+    raster's own location next, see `seg2sat.geo.places`).
     """
     meta = meta or {}
     name = meta.get("display_name")
     if isinstance(name, str) and name.strip():
         return name.strip()
     return department_of(meta.get("domain")) or fallback
-
-
-def place_for(meta: Mapping[str, Any] | None, crs: Any = None, transform: Any = None, width: int = 0,
-              height: int = 0, fallback: str = DEFAULT_PLACE) -> str:
-    """The caption's place for a tile: its metadata's, else the gazetteer's at the raster centre.
-
-    `fallback` is used only when neither is known (no metadata place and no usable CRS).
-    """
-    named = place_of(meta, fallback=None)
-    if named:
-        return named
-    if crs is not None and transform is not None and width and height:
-        from seg2sat.places import raster_place
-
-        found = raster_place(crs, transform, width, height)
-        if found is not None:
-            return found.name
-    return fallback
 
 
 def season_of(date: str | None) -> str | None:

@@ -70,3 +70,35 @@ def stage_cfg(tmp_path):
         return compose(stage, [f"paths.root_dir={tmp_path}", *overrides])
 
     return make
+
+
+# A Lambert-93 grid at FLAIR's 0.2 m, for small GeoTIFF fixtures.
+L93_GRID = (0.2, 0, 407473.0, 0, -0.2, 6260587.6)
+
+
+@pytest.fixture
+def geotiff():
+    """write(path, (bands, H, W) array, crs=EPSG:2154, transform=L93_GRID, nodata=None, **profile) -> path."""
+    import rasterio
+    from affine import Affine
+
+    def write(path, array, crs="EPSG:2154", transform=None, nodata=None, **kw):
+        count, h, w = array.shape
+        with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=count, dtype=array.dtype, crs=crs,
+                           transform=transform if transform is not None else Affine(*L93_GRID), nodata=nodata,
+                           **kw) as dst:
+            dst.write(array)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def img_msk(tmp_path, geotiff):
+    """A FLAIR IMG (5 uint8 bands) and MSK (codes 1..19), 48x32 px, on L93_GRID."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    img = geotiff(tmp_path / "IMG_000001.tif", rng.integers(0, 255, (5, 32, 48), dtype=np.uint8))
+    msk = geotiff(tmp_path / "MSK_000001.tif", rng.integers(1, 20, (1, 32, 48), dtype=np.uint8))
+    return img, msk

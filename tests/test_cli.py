@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +14,11 @@ import rasterio
 from affine import Affine
 from PIL import Image
 
+from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
 from seg2sat.hints import codes_to_hint
-from seg2sat.raster import FLAIR_CRS, write_geotiff
 
 GRID = Affine(0.2, 0, 1000, 0, -0.2, 2000)
-FAST = ["model_path=tiny-random", "steps=2", "preview=false"]
+FAST = ["model_path=tiny-random", "sampling.steps=2", "preview=false"]
 
 
 def seg2sat(*args, cwd):
@@ -66,9 +67,28 @@ def test_a_bad_input_is_one_line_and_exit_2_before_any_model_loads(tmp_path, mak
 
 def test_missing_input_and_debug_traceback(tmp_path):
     rc, _, err = seg2sat("infer", "input=nowhere.tif", *FAST, cwd=tmp_path)
-    assert (rc, err.strip()) == (2, "seg2sat infer: error: nowhere.tif: input not found")
+    assert (rc, err.strip()) == (2, "seg2sat infer: error: nowhere.tif: input not found (input=)")
     rc, _, err = seg2sat("infer", "input=nowhere.tif", "--debug", *FAST, cwd=tmp_path)
     assert rc != 0 and "Traceback" in err and "Seg2SatError: nowhere.tif: input not found" in err
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(("script", "args", "message"), [
+    ("infer.py", ["input=nowhere.tif", *FAST], "seg2sat infer: error: nowhere.tif: input not found (input=)"),
+    ("train.py", ["model=sdxl"], "seg2sat train: error: model preset 'sdxl' cannot be trained by this loop yet"),
+])
+def test_root_scripts_give_the_cli_one_line_errors_and_exit_codes(tmp_path, script, args, message):
+    """`python infer.py ...` is `seg2sat infer ...`: same one-line error, same exit status."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    direct = subprocess.run([sys.executable, str(REPO / script), *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    rc, _, err = seg2sat(script.removesuffix(".py"), *args, cwd=tmp_path)
+    assert (direct.returncode, rc) == (2, 2)
+    assert direct.stderr.strip() == err.strip()
+    assert err.strip().startswith(message) and "Traceback" not in direct.stderr
 
 
 def test_a_batch_survives_a_bad_file_and_reports_it(tmp_path):

@@ -6,15 +6,17 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from seg2sat.config import CONF_DIR, STAGES, compose
+from seg2sat.cli import COMMANDS
+from seg2sat.config import CONF_DIR, compose
 
 TOP = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
 # group -> the stage config that selects it
 GROUP_STAGE = {"model": "train", "logger": "train", "paths": "prepare"}
 
 
-def test_every_stage_has_a_config():
-    assert set(STAGES) <= set(TOP), f"missing: {set(STAGES) - set(TOP)}"
+def test_every_command_has_a_config():
+    configs = {config for config, _, _ in COMMANDS.values()}
+    assert configs <= set(TOP), f"missing: {configs - set(TOP)}"
 
 
 @pytest.mark.parametrize("name", TOP)

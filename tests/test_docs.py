@@ -55,7 +55,8 @@ def test_architecture_lists_every_module_as_it_is():
 
 def test_the_table_sees_a_module_and_its_imports():
     table = module_table()
-    assert "| `seg2sat/sampling.py` | One sampling contract for `infer`, the app and evaluation. |" in table
+    assert "| `seg2sat/generation/sampling.py` | One sampling contract for `infer`, `mosaic`, the app and evaluation. |" \
+        in table
     row = next(r for r in table.splitlines() if r.startswith("| `seg2sat/hints.py`"))
     assert row.endswith("| errors, labels |")
     assert "geotiff.py" not in table

@@ -43,7 +43,7 @@ def test_hint_to_codes_reports_off_legend_colours():
     hint = PALETTE[np.full((4, 4), 5)].copy()
     hint[0, 0] = (1, 2, 3)
     hint[1, :3] = (10, 20, 30)
-    with pytest.raises(LegendError, match=r"x.png: 4 pixels in 2 colours .*#0a141e: 3 px.*snap_hint"):
+    with pytest.raises(LegendError, match=r"x.png: 4 pixels in 2 colours .*#0a141e: 3 px.*pass snap=true for a hand-drawn map"):
         hints.hint_to_codes(hint, source="x.png")
 
 

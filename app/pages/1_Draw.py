@@ -3,8 +3,8 @@
 import numpy as np
 import streamlit as st
 
-from seg2sat import app_support as sup
-from seg2sat import app_ui as ui
+from seg2sat.serving import app_support as sup
+from seg2sat.serving import app_ui as ui
 
 st.set_page_config(page_title="Seg2Sat - Draw", layout="wide")
 st.title("Draw your aerial image")
@@ -55,7 +55,7 @@ codes, hint, changed = sup.compose_drawing(base, strokes)
 if st.button("Generate", type="primary", key="generate"):
     loaded = ui.require_model()
     if loaded is not None:
-        prompt = sup.make_prompt(codes, cfg, **prompt_opts, upload=base_upload)
+        prompt = sup.make_prompt(codes, cfg, **prompt_opts, upload=base_upload, model=loaded)
         settings = ui.friendly(ui.settings, loaded, sampling)
         out = None
         if settings is not None:

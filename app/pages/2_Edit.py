@@ -3,9 +3,9 @@
 import numpy as np
 import streamlit as st
 
-from seg2sat import app_support as sup
-from seg2sat import app_ui as ui
 from seg2sat.labels import OTHER_CODE
+from seg2sat.serving import app_support as sup
+from seg2sat.serving import app_ui as ui
 
 st.set_page_config(page_title="Seg2Sat - Edit", layout="wide")
 st.title("Edit an aerial image")
@@ -40,7 +40,7 @@ if strokes is None:
     strokes = result.image_data
 painted = np.zeros((h, w), bool) if strokes is None else None
 if strokes is not None:
-    from seg2sat.landcover import nearest_resize
+    from seg2sat.geo.landcover import nearest_resize
 
     strokes = nearest_resize(np.asarray(strokes), h, w)
     painted = strokes[..., 3] > 0
@@ -51,7 +51,7 @@ if st.button("Regenerate the painted area", type="primary", key="regenerate"):
     if loaded is not None and codes is None:
         st.error("Paint over part of the image first.")
     elif loaded is not None:
-        prompt = sup.make_prompt(codes[painted][None], cfg, **prompt_opts)
+        prompt = sup.make_prompt(codes[painted][None], cfg, **prompt_opts, model=loaded)
         settings = ui.friendly(ui.settings, loaded, sampling)
         new = None
         if settings is not None:

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from seg2sat import app_support as sup
-from seg2sat import app_ui as ui
+from seg2sat.serving import app_support as sup
+from seg2sat.serving import app_ui as ui
 
 st.set_page_config(page_title="Seg2Sat - Batch", layout="wide")
 st.title("Batch: a GeoTIFF in, a georeferenced aerial GeoTIFF out")

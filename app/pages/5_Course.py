@@ -140,7 +140,7 @@ with tab_gpt:
 with tab_diff:
     from diffusers import DDPMScheduler
 
-    from seg2sat.models import tiny_scheduler_config
+    from seg2sat.generation.models import tiny_scheduler_config
 
     sched = DDPMScheduler(**tiny_scheduler_config())  # Stable Diffusion's noise schedule
     ts = [0, 100, 250, 500, 750, 999]
@@ -152,8 +152,8 @@ with tab_diff:
     st.image(np.concatenate(frames, axis=1), caption="forward noising at t = " + ", ".join(map(str, ts)))
     st.session_state["diff_levels"] = levels
     if st.button("Show the model denoising a village map", key="diff_go"):
-        from seg2sat import app_support as sup
-        from seg2sat import app_ui as ui
+        from seg2sat.serving import app_support as sup
+        from seg2sat.serving import app_ui as ui
 
         loaded = ui.require_model()
         if loaded is not None:

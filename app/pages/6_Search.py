@@ -4,11 +4,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from seg2sat import app_support as sup
-from seg2sat import search
 from seg2sat.data.dataset import load_rgb
 from seg2sat.errors import Seg2SatError
 from seg2sat.hints import codes_to_hint
+from seg2sat.search.encoders import text_encoder
+from seg2sat.search.index import Hit, TileIndex, build_index, index_prepared
+from seg2sat.search.scenes import benchmark_scenes
+from seg2sat.serving import app_support as sup
 
 st.set_page_config(page_title="Seg2Sat - Search", layout="wide")
 st.title("Find tiles by a sentence or by example")
@@ -17,19 +19,19 @@ st.caption("Each tile's map is described (which classes, where, what surrounds w
 
 
 @st.cache_resource(show_spinner="Indexing the labelled demo scenes...")
-def demo_index() -> tuple[search.TileIndex, dict]:
+def demo_index() -> tuple[TileIndex, dict]:
     """The labelled scenes of the search benchmark (maps only), indexed once per server."""
-    ids, maps, _ = search.benchmark_scenes()
-    return search.build_index(ids, maps, search.text_encoder()), dict(zip(ids, maps, strict=True))
+    ids, maps, _ = benchmark_scenes()
+    return build_index(ids, maps, text_encoder()), dict(zip(ids, maps, strict=True))
 
 
 @st.cache_resource(show_spinner="Indexing the dataset (once; cached in its cache/ folder)...")
-def dataset_index(path: str, by_example: bool) -> search.TileIndex:
+def dataset_index(path: str, by_example: bool) -> TileIndex:
     """A prepared dataset's index, from its cache or built now."""
-    return search.index_prepared(path, by_example=by_example)[0]
+    return index_prepared(path, by_example=by_example)[0]
 
 
-def show(hits: list[search.Hit], maps: dict | None, root: Path | None) -> None:
+def show(hits: list[Hit], maps: dict | None, root: Path | None) -> None:
     """One row per hit: image and map when there is a dataset, the map alone for demo scenes."""
     for h in hits:
         cols = st.columns([1, 1, 3])

@@ -7,7 +7,7 @@ step is kept in a visible trace.
 
 Three real tools of this project: `legend` (a class's code and colour, from seg2sat/labels.py),
 `shares` (the class shares of a tile's map), `search` (tiles matching a sentence, the tile
-search of seg2sat/search.py) over the labelled search scenes. The policy is SmolLM2-135M; a
+search of seg2sat/search/) over the labelled search scenes. The policy is SmolLM2-135M; a
 keyword rule policy, written by hand, shows what the tools can do when the planning is right.
 A 135M model follows the format only part of the time: the lesson reports its success rate on
 `data/agent_tasks.json`, whatever it is.
@@ -231,7 +231,9 @@ def evaluate(tasks: list[dict[str, Any]], tools: Tools, policy: Policy, max_step
 
 def default_tools(encoder: Any = None) -> Tools:
     """The tools over the labelled search scenes (their index built with the multilingual encoder)."""
-    from seg2sat import search
+    from seg2sat.search.encoders import text_encoder
+    from seg2sat.search.index import build_index
+    from seg2sat.search.scenes import benchmark_scenes
 
-    ids, maps, _ = search.benchmark_scenes()
-    return Tools(ids, maps, search.build_index(ids, maps, encoder or search.text_encoder()))
+    ids, maps, _ = benchmark_scenes()
+    return Tools(ids, maps, build_index(ids, maps, encoder or text_encoder()))

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
-from seg2sat.errors import Seg2SatError
+from seg2sat import deps
 
-EXTRA = 'pip install -c constraints-cpu.txt -e ".[dev,course]"'
-
-
-class CourseDependencyError(Seg2SatError):
-    """An optional course package is missing."""
+CourseDependencyError = deps.DependencyError
 
 
 def need(module: str, package: str | None = None) -> ModuleType:
-    """Import `module`, or raise naming the package and the install extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise CourseDependencyError(f"this lesson needs `{package or module}`; install the course extra: "
-                                    f"{EXTRA}") from exc
+    """Import `module`, or raise naming the package and the course extra."""
+    return deps.need(module, package, extra="course", what="this lesson", extras="dev,course")

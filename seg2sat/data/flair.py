@@ -11,7 +11,8 @@ Both use the 19 FLAIR-1 codes. Pairs are made by id across the whole root; unpai
 reported, never silently dropped. The aerial metadata JSON (keyed `IMG_<id>`:
 `flair-1_metadata_aerial.json`, or FLAIR-2's `flair_aerial_metadata.json`) is read when present.
 FLAIR-HUB (`D004-2021_AERIAL_RGBI/AA-S1-32/...`, 0-based COSIA codes) lives in
-`seg2sat.data.flairhub`; `discover` detects which layout a root holds.
+`seg2sat.data.flairhub`. Each layout is a small class whose class attributes say what it reads
+(torchgeo's habit); `seg2sat.data.tiles` detects which one a root holds.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from seg2sat.errors import DatasetError, RasterError
+from seg2sat.geo.raster import FLAIR_IMG_BANDS, check_same_grid, read_raster
+from seg2sat.labels import check_codes
 
 METADATA_NAME = "flair-1_metadata_aerial.json"
 METADATA_NAMES = (METADATA_NAME, "flair_aerial_metadata.json")  # FLAIR-1, FLAIR-2
-LAYOUTS = ("flair1", "flair2", "flairhub")
 # Top-level entries that only FLAIR-2 has (IGNF/FLAIR-2 flair-2-config.yml, torchgeo flair2.py).
 FLAIR2_MARKERS = ("flair_sen_train", "flair_2_sen_test", "flair_2_aerial_test", "flair_2_labels_test",
                   "flair-2_centroids_sp_to_patch.json", "flair_2_centroids_sp_to_patch.json",
@@ -48,7 +50,7 @@ class FlairTile:
     domain: str | None = None
     zone: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-    layout: str = "flair1"  # one of LAYOUTS: says how to read the pair and its codes
+    layout: str = "flair1"  # a layout's name (`seg2sat.data.tiles.LAYOUTS`): how to read the pair
     split: str | None = None  # "train" | "val" | "test" when the dataset's own split file says so
     modalities: dict[str, str] = field(default_factory=dict)  # other files of the same patch
 
@@ -121,80 +123,81 @@ def _index(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
     return found["image"], found["mask"]
 
 
-def detect_layout(root: str | Path) -> str:
-    """"flairhub", "flair2" or "flair1", from the root's top-level names alone (no deep walk)."""
-    from seg2sat.data.flairhub import is_flairhub_root
+class TileLayout:
+    """A way FLAIR tiles lie on disk: how to recognise a root, find its tiles and read one pair."""
 
-    root = Path(root)
-    if is_flairhub_root(root):
-        return "flairhub"
-    if any((root / name).exists() for name in FLAIR2_MARKERS):
-        return "flair2"
-    return "flair1"
+    name: ClassVar[str]
 
+    @classmethod
+    def matches(cls, root: Path) -> bool:
+        """True when `root`'s top-level names say it holds this layout (no deep walk)."""
+        raise NotImplementedError
 
-def discover(root: str | Path, dataset: str = "auto", **hub_options: Any) -> Discovery:
-    """Every tile under `root`, in the layout `dataset` names (`auto`: detected).
+    @classmethod
+    def discover(cls, root: Path, **options: Any) -> Discovery:
+        """Every tile under `root`, paired, with the files that could not be paired."""
+        raise NotImplementedError
 
-    FLAIR-1/FLAIR-2 pair every IMG_<id>.tif with its MSK_<id>.tif; FLAIR-HUB options
-    (`split_file`, `split_column`, `dates_file`, `date_column`) go to `flairhub.discover_hub`.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: FLAIR root is not a folder")
-    if dataset not in ("auto", *LAYOUTS):
-        raise DatasetError(f"{root}: unknown dataset {dataset!r}; expected auto, {', '.join(LAYOUTS)}")
-    layout = detect_layout(root) if dataset == "auto" else dataset
-    if layout == "flairhub":
-        from seg2sat.data.flairhub import discover_hub
-
-        return discover_hub(root, **hub_options)
-    images, masks = _index(root)
-    if not images and not masks:
-        raise DatasetError(f"{root}: no FLAIR tiles found (expected IMG_<id>.tif and MSK_<id>.tif files)")
-    metadata, meta_path = load_metadata(root)
-    tiles = []
-    for tile_id in sorted(set(images) & set(masks)):
-        img = images[tile_id]
-        meta = dict(metadata.get(f"IMG_{tile_id}", {}))
-        domain, zone = _domain_zone(img.relative_to(root))
-        tiles.append(FlairTile(
-            id=tile_id, img=img, msk=masks[tile_id],
-            domain=meta.get("domain") or domain, zone=meta.get("zone") or zone, meta=meta, layout=layout,
-        ))
-    return Discovery(
-        root=root,
-        tiles=tiles,
-        orphan_images=[images[i] for i in sorted(set(images) - set(masks))],
-        orphan_masks=[masks[i] for i in sorted(set(masks) - set(images))],
-        metadata_file=meta_path,
-        layout=layout,
-    )
+    @staticmethod
+    def read_pair(tile: FlairTile) -> tuple[Any, Any, Any]:
+        """(image raster, FLAIR-1 codes, valid mask or None) of a tile."""
+        raise NotImplementedError
 
 
-def read_pair(tile: FlairTile) -> tuple[Any, Any, Any]:
-    """(image raster, FLAIR-1 codes, valid mask or None) of a tile, in its layout's coding.
+class Flair1(TileLayout):
+    """FLAIR-1: `IMG_<id>.tif` (R, G, B, NIR, elevation) and `MSK_<id>.tif` (codes 1..19), paired by id."""
 
-    Each file is opened once (`raster.read_flair_pair` opens each twice: once to check bands,
-    once to read), which is most of a small tile's cost when a tree holds 240k of them.
-    """
-    from seg2sat.labels import check_codes
-    from seg2sat.raster import FLAIR_IMG_BANDS, check_same_grid, read_raster
+    name = "flair1"
 
-    if tile.layout == "flairhub":
-        from seg2sat.data.flairhub import read_hub_pair
+    @classmethod
+    def matches(cls, root: Path) -> bool:
+        """Any tree of IMG/MSK files: the layout read when no other one matches."""
+        return True
 
-        return read_hub_pair(tile.img, tile.msk)
-    img = read_raster(tile.img)
-    if img.count != FLAIR_IMG_BANDS:
-        raise RasterError(f"{tile.img}: expected {FLAIR_IMG_BANDS} bands (R, G, B, NIR, elevation), found {img.count}")
-    if img.array.dtype != "uint8":
-        raise RasterError(f"{tile.img}: expected uint8 bands, found {img.array.dtype}")
-    msk = read_raster(tile.msk)
-    if msk.count != 1:
-        raise RasterError(f"{tile.msk}: expected 1 band of class codes, found {msk.count}")
-    if msk.array.dtype != "uint8":
-        raise RasterError(f"{tile.msk}: expected uint8 class codes, found {msk.array.dtype}")
-    check_codes(msk.array[0], tile.msk)
-    check_same_grid(img, msk)
-    return img, msk.array[0], None
+    @classmethod
+    def discover(cls, root: Path, **options: Any) -> Discovery:
+        """Pair every IMG_<id>.tif with its MSK_<id>.tif across the whole root (hub options unused)."""
+        images, masks = _index(root)
+        if not images and not masks:
+            raise DatasetError(f"{root}: no FLAIR tiles found (expected IMG_<id>.tif and MSK_<id>.tif files)")
+        metadata, meta_path = load_metadata(root)
+        tiles = []
+        for tile_id in sorted(set(images) & set(masks)):
+            img = images[tile_id]
+            meta = dict(metadata.get(f"IMG_{tile_id}", {}))
+            domain, zone = _domain_zone(img.relative_to(root))
+            tiles.append(FlairTile(id=tile_id, img=img, msk=masks[tile_id], domain=meta.get("domain") or domain,
+                                   zone=meta.get("zone") or zone, meta=meta, layout=cls.name))
+        return Discovery(root=root, tiles=tiles, orphan_images=[images[i] for i in sorted(set(images) - set(masks))],
+                         orphan_masks=[masks[i] for i in sorted(set(masks) - set(images))],
+                         metadata_file=meta_path, layout=cls.name)
+
+    @staticmethod
+    def read_pair(tile: FlairTile) -> tuple[Any, Any, Any]:
+        """The IMG raster and MSK codes, each file opened once (240k tiles: opens are the cost)."""
+        img = read_raster(tile.img)
+        if img.count != FLAIR_IMG_BANDS:
+            raise RasterError(f"{tile.img}: expected {FLAIR_IMG_BANDS} bands (R, G, B, NIR, elevation), "
+                              f"found {img.count}")
+        if img.array.dtype != "uint8":
+            raise RasterError(f"{tile.img}: expected uint8 bands, found {img.array.dtype}")
+        msk = read_raster(tile.msk)
+        if msk.count != 1:
+            raise RasterError(f"{tile.msk}: expected 1 band of class codes, found {msk.count}")
+        if msk.array.dtype != "uint8":
+            raise RasterError(f"{tile.msk}: expected uint8 class codes, found {msk.array.dtype}")
+        check_codes(msk.array[0], tile.msk)
+        check_same_grid(img, msk)
+        return img, msk.array[0], None
+
+
+class Flair2(Flair1):
+    """FLAIR-2: FLAIR-1's aerial layout plus Sentinel-2 super-patches (IGNF/FLAIR-2, torchgeo flair2.py)."""
+
+    name = "flair2"
+    markers: ClassVar[tuple[str, ...]] = FLAIR2_MARKERS  # top-level names only FLAIR-2 has
+
+    @classmethod
+    def matches(cls, root: Path) -> bool:
+        """A top-level entry that only FLAIR-2 has."""
+        return any((root / name).exists() for name in cls.markers)

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from seg2sat.data.flair import Discovery, FlairTile
+from seg2sat.data.flair import Discovery, FlairTile, TileLayout
 from seg2sat.errors import DatasetError, RasterError
+from seg2sat.geo.raster import RasterData, check_same_grid, read_raster
 from seg2sat.labels import remap_flairhub
-from seg2sat.raster import RasterData, check_same_grid, read_raster
 
 log = logging.getLogger(__name__)
 
@@ -212,3 +212,24 @@ def read_hub_pair(img_path: Path, msk_path: Path) -> tuple[RasterData, np.ndarra
     check_same_grid(img, msk)
     codes, valid = remap_flairhub(msk.array[0], msk_path)
     return img, codes, valid
+
+
+class FlairHub(TileLayout):
+    """FLAIR-HUB: a folder per domain-year and modality, 0-based COSIA masks, IGN's split GeoPackage."""
+
+    name = "flairhub"
+
+    @classmethod
+    def matches(cls, root: Path) -> bool:
+        """At least one `D<dept>-<year>_AERIAL_LABEL-COSIA` folder at the top of `root`."""
+        return is_flairhub_root(root)
+
+    @classmethod
+    def discover(cls, root: Path, **options: Any) -> Discovery:
+        """`discover_hub` with the split and dates options."""
+        return discover_hub(root, **options)
+
+    @staticmethod
+    def read_pair(tile: FlairTile) -> tuple[Any, Any, Any]:
+        """The AERIAL_RGBI patch, its remapped codes and valid mask."""
+        return read_hub_pair(tile.img, tile.msk)

@@ -18,8 +18,8 @@ import numpy as np
 from affine import Affine
 from scipy import ndimage
 
+from seg2sat.geo.raster import FLAIR_CRS, FLAIR_RESOLUTION, write_geotiff
 from seg2sat.labels import code_of
-from seg2sat.raster import FLAIR_CRS, FLAIR_RESOLUTION, write_geotiff
 
 # Domain -> Lambert-93 anchor (x, y) of its tile grid (roughly inside the department).
 DOMAINS: dict[str, tuple[float, float]] = {

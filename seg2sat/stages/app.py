@@ -10,8 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from seg2sat.app_support import CONFIG_ENV
-from seg2sat.config import CONF_DIR
+from seg2sat.config import APP_CONFIG_ENV, CONF_DIR
 from seg2sat.errors import Seg2SatError
 
 APP_DIR = CONF_DIR.parent / "app"
@@ -34,6 +33,6 @@ def run(cfg: DictConfig) -> int:
         f.write(OmegaConf.to_yaml(cfg, resolve=True))
     print(f"seg2sat app: http://{cfg.app.address}:{cfg.app.port}  (config {name})", flush=True)
     try:
-        return subprocess.call(command(cfg), env={**os.environ, CONFIG_ENV: name})
+        return subprocess.call(command(cfg), env={**os.environ, APP_CONFIG_ENV: name})
     finally:
         Path(name).unlink(missing_ok=True)

@@ -56,7 +56,7 @@ def _stage_cfg(cfg: DictConfig, stage: str, extra: list[str]) -> DictConfig:
 
 def demo_base(cfg: DictConfig, seconds: dict[str, float]) -> Path:
     """The base folder: the shipped one, one pretrained now (`base=pretrain`), or a given folder."""
-    from seg2sat.models import EMBEDDED_TINY_BASE
+    from seg2sat.generation.models import EMBEDDED_TINY_BASE
     from seg2sat.stages import pretrain
 
     if cfg.base == "embedded":
@@ -84,55 +84,52 @@ def _side_by_side(hint: np.ndarray, image: np.ndarray, scale: int) -> np.ndarray
     return np.concatenate([big[0], gap, big[1]], axis=1)
 
 
-def run(cfg: DictConfig) -> DemoResult:
-    """Run the embedded demo end to end; returns the model folder and the measured fidelity."""
-    from seg2sat import models
-    from seg2sat.pipeline import generate
-    from seg2sat.stages import evaluate, export, prepare, sample_data, train
+class _Clock:
+    """Seconds per step of the demo, logged as each finishes."""
 
-    t_start = time.perf_counter()
-    seconds: dict[str, float] = {}
-    redo = ["overwrite=true"] if cfg.rebuild else []
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
 
-    def timed(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
         out = fn(*args, **kwargs)
-        seconds[name] = round(time.perf_counter() - t0, 2)
-        log.info("demo: %s done in %.1f s", name, seconds[name])
+        self.seconds[name] = round(time.perf_counter() - t0, 2)
+        log.info("demo: %s done in %.1f s", name, self.seconds[name])
         return out
 
-    # 1-2. Data.
-    timed("sample_data", sample_data.run, _stage_cfg(cfg, "sample_data", [*cfg.sample_data]))
-    prep = timed("prepare", prepare.run, _stage_cfg(cfg, "prepare", [*cfg.prepare, *redo]))
-    prepared_dir = Path(prep.prepared_dir)
 
-    # 3. The tiny base (a real run loads Stable Diffusion instead).
-    base_dir = demo_base(cfg, seconds)
+def _train(cfg: DictConfig, base_dir: Path, timed: _Clock) -> Path:
+    """4. The ControlNet on the base, with the experiment's recipe; returns the run folder."""
+    from seg2sat.stages import train
 
-    # 4. ControlNet training on top of it.
-    train_cfg = _stage_cfg(cfg, "train", [*cfg.train, "model=tiny", f"model.pretrained_dir={base_dir}",
-                                          f"seed={cfg.seed}", "resume=latest"])
+    train_cfg = _stage_cfg(cfg, "train", [f"experiment={cfg.experiment}", *cfg.train, "model=tiny",
+                                          f"model.pretrained_dir={base_dir}", f"seed={cfg.seed}", "resume=latest"])
     if cfg.rebuild and Path(train_cfg.run_dir).exists():
         shutil.rmtree(train_cfg.run_dir)
-    trained = timed("train", train.run, train_cfg)
+    return timed("train", train.run, train_cfg).run_dir
 
-    # 5. Export.
+
+def _export_and_evaluate(cfg: DictConfig, run_dir: Path, prepared_dir: Path, out_dir: Path, timed: _Clock) -> Any:
+    """5-6. The model folder (with the demo's sampling recommendation), then its measured fidelity."""
+    from seg2sat.stages import evaluate, export
+
     model_dir = Path(cfg.paths.models_dir) / cfg.model_name
-    export_cfg = _stage_cfg(cfg, "export", [*cfg.export, f"run_dir={trained.run_dir}", f"output_dir={model_dir}",
+    export_cfg = _stage_cfg(cfg, "export", [*cfg.export, f"run_dir={run_dir}", f"output_dir={model_dir}",
                                             "overwrite=true"])
-    OmegaConf.update(export_cfg, "sampling", {k: v for k, v in cfg.sampling.items() if k != "scheduler"})
+    OmegaConf.update(export_cfg, "sampling", OmegaConf.to_container(cfg.sampling, resolve=True))
     timed("export", export.run, export_cfg)
-
-    # 6. Fidelity of the exported model on the held-out maps (recorded in its model card).
-    out_dir = Path(cfg.paths.outputs_dir) / "demo"
     eval_cfg = _stage_cfg(cfg, "evaluate", [*cfg.evaluate, f"model_path={model_dir}", f"data_dir={prepared_dir}",
-                                            f"output_dir={out_dir}", f"seed={cfg.seed}"])
-    OmegaConf.update(eval_cfg, "sampling", cfg.sampling, merge=True)
-    scored = timed("evaluate", evaluate.run, eval_cfg)
-    fidelity = scored.fidelity
+                                            f"output_dir={out_dir}", f"sampling.seed={cfg.seed}"])
+    return timed("evaluate", evaluate.run, eval_cfg)
 
-    # 7. One image from a held-out map, next to its map.
-    pipe = models.load_pipeline(model_dir, scheduler=str(fidelity["sampling"]["scheduler"]))
+
+def _sample(cfg: DictConfig, model_dir: Path, prepared_dir: Path, out_dir: Path, fidelity: dict[str, Any],
+            timed: _Clock) -> tuple[Path, dict[str, Any]]:
+    """7. One image from a held-out map, next to its map, with the settings evaluate measured."""
+    from seg2sat.generation.models import load_pipeline
+    from seg2sat.generation.pipeline import generate
+
+    pipe = load_pipeline(model_dir, scheduler=str(fidelity["sampling"]["scheduler"]))
     record = next(r for r in read_manifest(prepared_dir) if r["split"] == "val")
     hint = load_rgb(prepared_dir / record["hint"])
     sampling = {k: v for k, v in fidelity["sampling"].items() if k != "scheduler"}
@@ -140,9 +137,32 @@ def run(cfg: DictConfig) -> DemoResult:
     sample_path = out_dir / "sample.png"
     with atomic_path(sample_path) as tmp:
         Image.fromarray(_side_by_side(hint, image, scale=4)).save(tmp, format="PNG")
+    return sample_path, record
+
+
+def run(cfg: DictConfig) -> DemoResult:
+    """Run the embedded demo end to end; returns the model folder and the measured fidelity."""
+    from seg2sat.stages import prepare, sample_data
+
+    t_start = time.perf_counter()
+    timed = _Clock()
+    redo = ["overwrite=true"] if cfg.rebuild else []
+    # 1-2. Data.
+    timed("sample_data", sample_data.run, _stage_cfg(cfg, "sample_data", [*cfg.sample_data]))
+    prepared_dir = Path(timed("prepare", prepare.run, _stage_cfg(cfg, "prepare", [*cfg.prepare, *redo])).prepared_dir)
+    # 3-4. The tiny base (a real run loads Stable Diffusion instead), the ControlNet on top of it.
+    base_dir = demo_base(cfg, timed.seconds)
+    run_dir = _train(cfg, base_dir, timed)
+    # 5-6. Export, then fidelity on the held-out maps (recorded in the model card).
+    out_dir = Path(cfg.paths.outputs_dir) / "demo"
+    model_dir = Path(cfg.paths.models_dir) / cfg.model_name
+    scored = _export_and_evaluate(cfg, run_dir, prepared_dir, out_dir, timed)
+    fidelity = scored.fidelity
+    # 7. One image from a held-out map.
+    sample_path, record = _sample(cfg, model_dir, prepared_dir, out_dir, fidelity, timed)
     write_json(out_dir / "demo.json", {"model_dir": str(model_dir), "base": str(base_dir),
                                        "sample": str(sample_path), "caption": record["caption"],
-                                       "fidelity": fidelity, "seconds": seconds,
+                                       "fidelity": fidelity, "seconds": timed.seconds,
                                        "total_seconds": round(time.perf_counter() - t_start, 1)})
     print(f"demo: model in {model_dir}\n"
           f"demo: sample image {sample_path} (map | generated); fidelity grid {scored.grid_path}\n"
@@ -150,4 +170,4 @@ def run(cfg: DictConfig) -> DemoResult:
           f"{fidelity['generated']['miou']:.3f}, untrained {fidelity['untrained']['miou']:.3f} = "
           f"{fidelity['gain_over_untrained']:.1f}x, real images {fidelity['real_images']['miou']:.3f}, "
           f"VAE round trip {fidelity['vae_round_trip']['miou']:.3f}) in {time.perf_counter() - t_start:.0f} s")
-    return DemoResult(model_dir=model_dir, sample_image=sample_path, fidelity=fidelity, seconds=seconds)
+    return DemoResult(model_dir=model_dir, sample_image=sample_path, fidelity=fidelity, seconds=timed.seconds)

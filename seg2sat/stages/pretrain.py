@@ -3,7 +3,7 @@
 1. write the base's own synthetic dataset (`sample-data` with its own seed, so none of the
    demo's validation scenes is ever seen by the base);
 2. prepare it (`prepare`, one validation domain for held-out curves);
-3. pretrain the VAE, then the UNet (`seg2sat.tiny_base`), and save the diffusers folder with
+3. pretrain the VAE, then the UNet (`seg2sat.training.tiny_base`), and save the diffusers folder with
    its settings and curves (`pretrain.json`).
 The shipped `seg2sat/assets/tiny-base` was made by this stage with `conf/pretrain.yaml`'s
 defaults (docs/fidelity.md gives the command, the time it took and what it scores).
@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from seg2sat.config import compose
-from seg2sat.tiny_base import PretrainResult, PretrainSettings, pretrain_tiny_base
+from seg2sat.training.tiny_base import PretrainResult, PretrainSettings, pretrain_tiny_base
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
-"""`seg2sat search`: tiles of a prepared dataset by a sentence or by example (see seg2sat/search.py).
+"""`seg2sat search`: tiles of a prepared dataset by a sentence or by example (see seg2sat/search/).
 
 1. find the prepared dataset;
-2. load its search index from the cache, or build it (descriptions, text vectors, image features);
+2. load its search index from the cache, or build it (descriptions and text vectors; image
+   features only for `example=` or `by_example=true`: a sentence query never trains the judge);
 3. answer the query (`query=` a sentence, or `example=` a tile id) and print the hits.
 """
 
@@ -9,13 +10,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from omegaconf import DictConfig
 
 from seg2sat.errors import ConfigError
-from seg2sat.search import Hit, TileIndex, index_prepared
-from seg2sat.stages.evaluate import find_prepared, judge_config
+from seg2sat.evaluation.judge import JudgeConfig, find_prepared
+from seg2sat.search.index import Hit, TileIndex, index_prepared
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +40,10 @@ def run(cfg: DictConfig) -> SearchResult:
     by_example = bool(cfg.by_example) or bool(example)
     # 2. The index, cached per dataset, encoder and judge settings.
     index, built = index_prepared(prepared, str(cfg.encoder), by_example,
-                                  judge_config(cfg.judge) if by_example else None, bool(cfg.rebuild))
+                                  JudgeConfig.from_config(cfg.judge) if by_example else None, bool(cfg.rebuild))
     log.info("search: %s index of %d tiles (%s)", "built" if built else "cached", len(index), index.key)
     # 3. Answer.
     hits = index.search_text(str(query), int(cfg.k)) if query else index.search_example(str(example), int(cfg.k))
     for h in hits:
         print(f"{h.rank:2d}  {h.score:.3f}  {h.id}  {h.description}")
     return SearchResult(hits, index, built)
-
-
-def result_summary(result: SearchResult) -> dict[str, Any]:
-    """A JSON-able view of the result (for the app and tests)."""
-    return {"tiles": len(result.index), "built_now": result.built_now,
-            "hits": [{"rank": h.rank, "id": h.id, "score": h.score, "description": h.description} for h in result.hits]}

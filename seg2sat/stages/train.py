@@ -1,11 +1,11 @@
-"""`seg2sat train`: fine-tune a ControlNet (see seg2sat/training.py)."""
+"""`seg2sat train`: fine-tune a ControlNet (see seg2sat/training/loop.py)."""
 
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
 from seg2sat.errors import Seg2SatError
-from seg2sat.training import TrainResult, train
+from seg2sat.training.loop import TrainResult, train
 
 
 def run(cfg: DictConfig) -> TrainResult:

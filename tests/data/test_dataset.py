@@ -81,7 +81,7 @@ def test_missing_manifest_and_empty_split(prepared_tiny, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_parts():
-    from seg2sat.models import load_components
+    from seg2sat.generation.models import load_components
 
     return load_components({"name": "tiny", "pretrained_dir": None, "seed": 0})
 

@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from rasterio.crs import CRS
 
-from seg2sat.data.flair import METADATA_NAME, detect_layout, discover
-from seg2sat.errors import DatasetError
+from seg2sat.data.flair import METADATA_NAME, Flair1, FlairTile
+from seg2sat.data.tiles import detect_layout, discover
+from seg2sat.errors import DatasetError, GeoreferenceError, LegendError, RasterError
 
 T = Affine(0.2, 0, 400000.0, 0, -0.2, 6200000.0)
 
@@ -97,7 +99,64 @@ def test_layout_detection_and_explicit_dataset(tmp_path):
     _tif(tmp_path / "MSK_000001.tif")
     assert detect_layout(tmp_path) == "flair1"
     assert discover(tmp_path, dataset="flair2").layout == "flair2"
-    with pytest.raises(DatasetError, match="unknown dataset 'flair3'; expected auto, flair1, flair2, flairhub"):
+    with pytest.raises(DatasetError, match=r"unknown dataset='flair3'; expected auto, flairhub, flair2, flair1"):
         discover(tmp_path, dataset="flair3")
     with pytest.raises(DatasetError, match="no FLAIR-HUB patches found"):
         discover(tmp_path, dataset="flairhub")
+
+# ---------------------------------------------------------------------------------------------
+# Reading an IMG/MSK pair through the FLAIR-1 layout (what `prepare` reads)
+# ---------------------------------------------------------------------------------------------
+
+TP = Affine(0.2, 0, 407473.0, 0, -0.2, 6260587.6)  # conftest.L93_GRID
+CRS_L93 = CRS.from_epsg(2154)
+
+
+def _pair(img, msk):
+    return Flair1.read_pair(FlairTile(id="1", img=img, msk=msk))
+
+
+def test_read_pair_keeps_georeferencing(img_msk):
+    img, codes, valid = _pair(*img_msk)
+    assert img.array.shape == (5, 32, 48) and img.array.dtype == np.uint8
+    assert codes.shape == (32, 48) and valid is None
+    assert img.crs == CRS_L93 and img.transform == TP
+    assert img.rgb().shape == (32, 48, 3)
+    assert img.bounds == pytest.approx((407473.0, 6260587.6 - 6.4, 407473.0 + 9.6, 6260587.6))
+
+
+def test_wrong_band_count(tmp_path, geotiff):
+    p = geotiff(tmp_path / "IMG_1.tif", np.zeros((3, 8, 8), np.uint8))
+    with pytest.raises(RasterError, match=r"IMG_1.tif: expected 5 bands .*found 3"):
+        _pair(p, geotiff(tmp_path / "MSK_ok.tif", np.ones((1, 8, 8), np.uint8)))
+    p = geotiff(tmp_path / "MSK_1.tif", np.ones((2, 8, 8), np.uint8))
+    with pytest.raises(RasterError, match=r"MSK_1.tif: expected 1 band of class codes, found 2"):
+        _pair(geotiff(tmp_path / "IMG_ok.tif", np.zeros((5, 8, 8), np.uint8)), p)
+
+
+def test_wrong_dtype(tmp_path, geotiff):
+    p = geotiff(tmp_path / "IMG_1.tif", np.zeros((5, 8, 8), np.uint16))
+    with pytest.raises(RasterError, match=r"IMG_1.tif: expected uint8 bands, found uint16"):
+        _pair(p, geotiff(tmp_path / "MSK_ok.tif", np.ones((1, 8, 8), np.uint8)))
+    p = geotiff(tmp_path / "MSK_1.tif", np.ones((1, 8, 8), np.float32))
+    with pytest.raises(RasterError, match=r"MSK_1.tif: expected uint8 class codes, found float32"):
+        _pair(geotiff(tmp_path / "IMG_ok.tif", np.zeros((5, 8, 8), np.uint8)), p)
+
+
+def test_codes_outside_legend(tmp_path, geotiff):
+    a = np.ones((1, 8, 8), np.uint8)
+    a[0, 0, :3] = 0
+    a[0, 1, 0] = 42
+    p = geotiff(tmp_path / "MSK_1.tif", a)
+    with pytest.raises(LegendError, match=r"MSK_1.tif: codes outside the FLAIR legend 1..19 \(0: 3 px, 42: 1 px\)"):
+        _pair(geotiff(tmp_path / "IMG_ok.tif", np.zeros((5, 8, 8), np.uint8)), p)
+
+
+def test_size_and_georef_mismatch(tmp_path, geotiff):
+    img = geotiff(tmp_path / "IMG_1.tif", np.zeros((5, 8, 8), np.uint8))
+    small = geotiff(tmp_path / "MSK_1.tif", np.ones((1, 8, 4), np.uint8))
+    with pytest.raises(GeoreferenceError, match=r"IMG_1.tif and .*MSK_1.tif: size mismatch, 8x8 vs 4x8$"):
+        _pair(img, small)
+    moved = geotiff(tmp_path / "MSK_2.tif", np.ones((1, 8, 8), np.uint8), transform=TP @ Affine.translation(1, 0))
+    with pytest.raises(GeoreferenceError, match=r"MSK_2.tif: georeferencing mismatch"):
+        _pair(img, moved)

@@ -10,8 +10,8 @@ from affine import Affine
 from PIL import Image
 from shapely.geometry import box
 
-from seg2sat.data.flair import detect_layout, discover
 from seg2sat.data.flairhub import parse_date, read_splits
+from seg2sat.data.tiles import detect_layout, discover
 from seg2sat.errors import DatasetError, LegendError
 from seg2sat.hints import hint_to_codes
 from seg2sat.labels import BY_CODE, FLAIRHUB_CLASSES, OTHER_CODE, code_of, remap_flairhub

@@ -1,19 +1,19 @@
 import numpy as np
 
-from seg2sat.data.flair import discover
 from seg2sat.data.synthetic import LOOK, generate, render, scene_codes
+from seg2sat.data.tiles import discover, read_pair
+from seg2sat.geo.raster import FLAIR_CRS
 from seg2sat.labels import NAMES, PALETTE
-from seg2sat.raster import FLAIR_CRS, read_flair_pair
 
 
 def test_generated_tiles_are_flair_geotiffs(tmp_path):
     tiles, written = generate(tmp_path, ["D064_2021", "D033_2020"], 3, 32, seed=0)
     assert written == 6 and len(tiles) == 6
-    img, msk = read_flair_pair(tiles[0].img, tiles[0].msk)
+    found = discover(tmp_path)
+    img, codes, _ = read_pair(found.tiles[0])
     assert img.array.shape == (5, 32, 32) and img.array.dtype == np.uint8
     assert img.crs == FLAIR_CRS and img.transform.a == 0.2 and img.transform.e == -0.2
-    assert msk.band().min() >= 1 and msk.band().max() <= 19
-    found = discover(tmp_path)
+    assert codes.min() >= 1 and codes.max() <= 19
     assert [t.id for t in found.tiles] == [t.id for t in tiles]
     assert {t.domain for t in found.tiles} == {"D064_2021", "D033_2020"}
 

@@ -25,8 +25,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from seg2sat.app_support import CONFIG_ENV
-from seg2sat.config import CONF_DIR, compose
+from seg2sat.config import APP_CONFIG_ENV, CONF_DIR, compose
 from seg2sat.labels import BY_CODE
 
 pytestmark = pytest.mark.e2e
@@ -50,7 +49,7 @@ def _serve(tmp_path: Path, overrides: list[str]) -> Iterator[str]:
 
     cfg.app.port = port
     t0 = time.time()
-    proc = subprocess.Popen(command(cfg), env={**os.environ, CONFIG_ENV: str(conf)}, cwd=tmp_path,
+    proc = subprocess.Popen(command(cfg), env={**os.environ, APP_CONFIG_ENV: str(conf)}, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -75,7 +74,7 @@ def app_url(tmp_path):
     # SEG2SAT_E2E_MODEL=data/models/demo makes the screenshots with the trained demo model,
     # which samples with its own recommended settings (its seg2sat.json).
     model = os.environ.get("SEG2SAT_E2E_MODEL", "tiny-random")
-    overrides = ["model_path=tiny-random", "steps=10", "guidance_scale=3"] if model == "tiny-random" \
+    overrides = ["model_path=tiny-random", "sampling.steps=10", "sampling.guidance_scale=3"] if model == "tiny-random" \
         else [f"model_path={Path(model).resolve()}"]
     with _serve(tmp_path, overrides) as url:
         yield url
@@ -167,7 +166,7 @@ def test_three_sessions_at_once_each_get_their_image_and_see_the_queue(tmp_path)
     sys.path.insert(0, str(Path(__file__).parent))
     from cdp import Browser
 
-    with _serve(tmp_path, ["model_path=tiny-random", "steps=25", "guidance_scale=3", "app.max_concurrent=1"]) as url:
+    with _serve(tmp_path, ["model_path=tiny-random", "sampling.steps=25", "sampling.guidance_scale=3", "app.max_concurrent=1"]) as url:
         tabs = [Browser(chromium, tmp_path / f"profile{i}", _port()) for i in range(3)]
         try:
             for tab in tabs:

@@ -8,8 +8,8 @@ from affine import Affine
 from PIL import Image
 
 from seg2sat.data.flair import METADATA_NAME
+from seg2sat.geo.raster import FLAIR_CRS, FLAIR_RESOLUTION, write_geotiff
 from seg2sat.hints import hint_to_codes
-from seg2sat.raster import FLAIR_CRS, FLAIR_RESOLUTION, write_geotiff
 
 REAL_IDS = ("066278", "067998", "073879")
 

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from seg2sat.errors import DatasetError, ModelError
-from seg2sat.models import MODEL_INFO
+from seg2sat.evaluation.judge import find_prepared
+from seg2sat.generation.models import MODEL_INFO
 from seg2sat.stages import evaluate, export, train
 
 FAST_JUDGE = ["judge.widths=[8,16,16]", "judge.steps=20", "judge.batch_size=4"]
@@ -42,9 +43,9 @@ def test_evaluate_writes_scores_grid_and_model_card(exported, prepared_tiny, sta
 
 
 def test_evaluate_finds_prepared_under_a_data_root(prepared_tiny):
-    assert evaluate.find_prepared(prepared_tiny.parent) == prepared_tiny
+    assert find_prepared(prepared_tiny.parent) == prepared_tiny
     with pytest.raises(DatasetError, match="no prepared dataset"):
-        evaluate.find_prepared(prepared_tiny / "images")
+        find_prepared(prepared_tiny / "images")
 
 
 def test_evaluate_refuses_a_dataset_without_validation_split(exported, prepared_tiny, stage_cfg, tmp_path):

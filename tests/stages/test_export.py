@@ -11,12 +11,13 @@ from safetensors.torch import load_file
 
 from seg2sat.config import compose
 from seg2sat.errors import ModelError
+from seg2sat.generation.models import MODEL_INFO, load_pipeline
+from seg2sat.generation.pipeline import generate
 from seg2sat.hints import codes_to_hint
 from seg2sat.labels import CLASSES
-from seg2sat.models import MODEL_INFO, load_pipeline
-from seg2sat.pipeline import generate
 from seg2sat.prompts import DEFAULT_TEMPLATE
 from seg2sat.stages import demo, export, train
+from seg2sat.training.export import trained_with
 
 
 @pytest.fixture
@@ -31,7 +32,8 @@ def test_export_round_trip(trained_run, stage_cfg, tmp_path):
     info = json.loads((out / MODEL_INFO).read_text())
     assert info["base_model"] == "base" and info["steps"] == 2 and info["prediction_type"] == "epsilon"
     prepared = OmegaConf.load(Path(OmegaConf.load(trained_run.run_dir / "config.yaml").prepared_dir) / "prepare_config.yaml")
-    assert info["resolution"] == 64 and info["caption_template"] == prepared.caption.template
+    assert prepared.caption.template is None  # the default template, by its one owner
+    assert info["resolution"] == 64 and info["caption_template"] == DEFAULT_TEMPLATE
     assert [c["color"] for c in info["legend"]] == [c.hex for c in CLASSES]
     assert (out / "base" / "model_index.json").exists()
     assert (out / "training_config.yaml").exists() and "ControlNet" in (out / "README.md").read_text()
@@ -53,9 +55,9 @@ def test_export_records_the_resolution_and_template_the_run_used(tmp_path):
     template = "Vue aérienne de {place}. {classes}"
     (prepared / "prepare_config.yaml").write_text(OmegaConf.to_yaml({"caption": {"template": template}}))
     run = {"resolution": 96, "model": {"resolution": 64}, "prepared_dir": str(prepared)}
-    assert export._trained_with(run) == (96, template)  # the run's resolution, not the preset's
-    assert export._trained_with({**run, "prepared_dir": str(tmp_path / "gone")}) == (96, DEFAULT_TEMPLATE)
-    assert export._trained_with(None) == (512, DEFAULT_TEMPLATE)
+    assert trained_with(run) == (96, template)  # the run's resolution, not the preset's
+    assert trained_with({**run, "prepared_dir": str(tmp_path / "gone")}) == (96, DEFAULT_TEMPLATE)
+    assert trained_with(None) == (512, DEFAULT_TEMPLATE)
 
 
 def test_export_refuses_to_overwrite_and_needs_a_checkpoint(trained_run, stage_cfg, tmp_path):
@@ -84,13 +86,21 @@ def test_demo_end_to_end_reduced(tmp_path):
     assert info["fidelity"]["generated"]["miou"] == result.fidelity["generated"]["miou"]
     assert info["steps"] == 4
     # the demo's sampling is the model's recommendation (infer and the app default to it)
-    assert info["sampling"] == {"steps": 2, "guidance_scale": 1.0, "controlnet_scale": 3.0, "negative_prompt": ""}
+    assert info["sampling"] == {"steps": 2, "guidance_scale": 1.0, "controlnet_scale": 3.0}
+    assert result.fidelity["sampling"]["steps"] == 2  # evaluate sampled with the model's recommendation
     demo_json = json.loads((tmp_path / "data" / "outputs" / "demo" / "demo.json").read_text())
     assert demo_json["fidelity"]["fidelity_ratio"] == pytest.approx(result.fidelity["fidelity_ratio"])
     assert demo_json["base"].endswith("assets/tiny-base")
-    # a second run resumes: everything exists, training does no new step
+    # a second run resumes: everything exists, training writes no new checkpoint, nothing is re-prepared
+    def stamps(folder):
+        return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+    run_dir, prepared = tmp_path / "data" / "runs" / "demo", tmp_path / "data" / "prepared"
+    before = stamps(run_dir / "checkpoints"), (prepared / "manifest.jsonl").stat().st_mtime_ns
     again = demo.run(cfg)
-    assert again.seconds["train"] < result.seconds["train"] + 5
+    assert (stamps(run_dir / "checkpoints"), (prepared / "manifest.jsonl").stat().st_mtime_ns) == before
+    assert sorted(before[0]) == ["checkpoint-2", "checkpoint-4"]
+    assert again.fidelity["generated"]["miou"] == pytest.approx(result.fidelity["generated"]["miou"])
     assert "pretrain_base" not in again.seconds
 
 

@@ -10,11 +10,11 @@ from affine import Affine
 from PIL import Image
 
 from seg2sat.errors import LegendError, RasterError, Seg2SatError
+from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
 from seg2sat.hints import codes_to_hint, hint_to_codes
-from seg2sat.raster import FLAIR_CRS, write_geotiff
 from seg2sat.stages import infer
 
-FAST = ["model_path=tiny-random", "steps=2", "guidance_scale=1.0", "batch_size=8", "preview=false", "cog=false"]
+FAST = ["model_path=tiny-random", "sampling.steps=2", "sampling.guidance_scale=1.0", "sampling.batch_size=8", "preview=false", "cog=false"]
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ def test_same_seed_same_image_and_seed_matters(infer_cfg, tmp_path):
     src = write_geotiff(tmp_path / "a.tif", codes[None], FLAIR_CRS, Affine(0.2, 0, 0, 0, -0.2, 100))
     infer.run(infer_cfg(src, f"output_dir={tmp_path}/o1"))
     infer.run(infer_cfg(src, f"output_dir={tmp_path}/o2"))
-    infer.run(infer_cfg(src, f"output_dir={tmp_path}/o3", "seed=1"))
+    infer.run(infer_cfg(src, f"output_dir={tmp_path}/o3", "sampling.seed=1"))
     a, b, c = (_read(tmp_path / o / "a.tif")[0] for o in ("o1", "o2", "o3"))
     np.testing.assert_array_equal(a, b)
     assert np.abs(a.astype(int) - c.astype(int)).mean() > 1
@@ -219,7 +219,7 @@ def test_missing_input_and_weights(infer_cfg, tmp_path):
     with pytest.raises(ModelError, match="hf download"):
         infer.run(infer_cfg(src, "model_path=rgres/Seg2Sat-sd-controlnet", "base_model=stabilityai/stable-diffusion-2-1-base"))
     with pytest.raises(ModelError, match="needs its distillation LoRA"):
-        infer.run(infer_cfg(src, "scheduler=lcm"))
+        infer.run(infer_cfg(src, "sampling.scheduler=lcm"))
 
 
 def test_hint_geotiff_input(infer_cfg, tmp_path):
@@ -261,3 +261,39 @@ def test_two_processes_share_the_files(tmp_path):
     assert [json.loads(p.read_text())["process"] for p in sidecars] == ["0/2", "1/2", "0/2"]
     logs = proc.stdout + proc.stderr
     assert sum(logs.count(f"m{i}.tif -> ") for i in range(3)) == 3, logs[-2000:]
+
+
+def test_a_model_is_prompted_with_the_caption_template_it_was_trained_with(stage_cfg, tmp_path):
+    """The template of the training captions travels with the model: infer, mosaic and the app use it."""
+    from seg2sat.generation.models import load_model
+    from seg2sat.serving.app_support import make_prompt
+    from seg2sat.stages import export, mosaic, prepare, sample_data, train
+
+    template = "Vue aérienne de {place}. {classes}"
+    # 1. Data captioned with another template, two training steps, an exported model.
+    sample_data.run(stage_cfg("sample_data", "domains=[D064_2021,D033_2020]", "tiles_per_domain=4"))
+    prepared = prepare.run(stage_cfg("prepare", f"caption.template='{template}'")).prepared_dir
+    assert "Vue aérienne de " in (prepared / "manifest.jsonl").read_text(encoding="utf-8")
+    run = train.run(stage_cfg("train", "max_steps=2", "checkpointing_steps=2", "batch_size=4", "validation_steps=0"))
+    model = export.run(stage_cfg("export", f"run_dir={run.run_dir}", f"output_dir={tmp_path / 'm'}")).model_dir
+    # 2. infer and mosaic, with no template in their config, write prompts in the model's template.
+    codes = np.full((1, 64, 64), 6, np.uint8)
+    codes[0, :, 40:] = 5
+    src = write_geotiff(tmp_path / "map.tif", codes, FLAIR_CRS, Affine(0.2, 0, 407000.0, 0, -0.2, 6260000.0))
+    infer.run(stage_cfg("infer", f"input={src}", f"model_path={model}", f"output_dir={tmp_path / 'out'}",
+                        "sampling.steps=1", "preview=false"))
+    sidecar = json.loads((tmp_path / "out" / "map.tif.json").read_text(encoding="utf-8"))
+    assert sidecar["prompt"] == "Vue aérienne de France. coniferous, water"
+    planned = mosaic.run(stage_cfg("mosaic", f"input={src}", f"model_path={model}", "block=64", "halo=0",
+                                   f"output_dir={tmp_path / 'mosaic'}", "check=true"))
+    assert set(planned.counts) == {"pending"}  # planned only (a dry run)
+    from seg2sat.scale.manifest import opened
+
+    with opened(tmp_path / "mosaic" / "manifest.sqlite") as m:
+        assert m.get_meta("prompt") == "Vue aérienne de France. coniferous, water"
+    # 3. The app's prompt for the same map, with the model the app loads.
+    app_cfg = stage_cfg("app", f"model_path={model}")
+    assert make_prompt(codes[0], app_cfg, model=load_model(model)) == "Vue aérienne de France. coniferous, water"
+    # an explicit template in the config still wins
+    assert make_prompt(codes[0], stage_cfg("app", f"model_path={model}", "prompt.template='{classes}'"),
+                       model=load_model(model)) == "coniferous, water"

@@ -6,11 +6,11 @@ import pytest
 import rasterio
 from PIL import Image
 
+from seg2sat.data.prepare import chunks_of, split_domains
 from seg2sat.errors import DatasetError, RasterError
 from seg2sat.hints import hint_to_codes
 from seg2sat.labels import class_name, code_of
 from seg2sat.stages import prepare, sample_data
-from seg2sat.stages.prepare import split_domains
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_split_is_by_domain_without_leakage(stage_cfg, sample_root):
     assert train and val and not (train & val)
     rows = _manifest(prepare.run(stage_cfg("prepare", "split.val_domains=[D033_2020,D075_2019]")).manifest_path)
     assert {r["domain"] for r in rows if r["split"] == "val"} == {"D033_2020", "D075_2019"}
-    with pytest.raises(DatasetError, match="val_domains not in the data: D999_2020"):
+    with pytest.raises(DatasetError, match="split.val_domains: D999_2020 not in the data"):
         prepare.run(stage_cfg("prepare", "split.val_domains=[D999_2020]"))
 
 
@@ -113,9 +113,9 @@ def test_rerun_with_nothing_to_do_rewrites_nothing(stage_cfg, sample_root):
 
 def test_chunks_bound_the_work_in_flight():
     tiles = list(range(1000))
-    chunks = prepare._chunks(tiles, workers=2, chunk_size=64)
+    chunks = chunks_of(tiles, workers=2, chunk_size=64)
     assert [len(c) for c in chunks] == [64] * 15 + [40] and sum(chunks, []) == tiles
-    small = prepare._chunks(tiles[:12], workers=2, chunk_size=64)
+    small = chunks_of(tiles[:12], workers=2, chunk_size=64)
     assert [len(c) for c in small] == [2] * 6  # small jobs still reach every worker
 
 
@@ -146,7 +146,7 @@ def test_missing_root_is_a_clear_error(stage_cfg, tmp_path):
 def test_flair2_tree_keeps_its_flair1_codes(stage_cfg, tmp_path):
     from affine import Affine
 
-    from seg2sat.raster import FLAIR_CRS, write_geotiff
+    from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
 
     root = tmp_path / "flair2"
     codes = (np.arange(16 * 16).reshape(16, 16) % 19 + 1).astype(np.uint8)  # every code 1..19
@@ -170,7 +170,7 @@ def test_tiles_outside_france_are_captioned_with_their_real_place(stage_cfg, tmp
     from affine import Affine
 
     from seg2sat.data.flair import METADATA_NAME
-    from seg2sat.raster import write_geotiff
+    from seg2sat.geo.raster import write_geotiff
 
     root = tmp_path / "nc"
     codes = np.full((16, 16), 7, np.uint8)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from seg2sat.models import load_components, vae_factor
+from seg2sat.generation.models import load_components, vae_factor
 from seg2sat.stages import pretrain
-from seg2sat.tiny_base import EVAL_TIMESTEPS, PRETRAIN_RECORD
+from seg2sat.training.tiny_base import EVAL_TIMESTEPS, PRETRAIN_RECORD
 
 
 def test_pretrain_writes_a_base_with_its_curves(stage_cfg, tmp_path):

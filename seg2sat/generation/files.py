@@ -1,0 +1,350 @@
+"""One land-cover file in, one georeferenced aerial GeoTIFF out: generate it, or repaint part of an image.
+
+Per input file (`generate_file`):
+1. read it as FLAIR codes on its grid (`seg2sat.geo.landcover`), resample to the work resolution;
+2. pad to whole windows (edge replication), build the prompt from the class shares;
+3. generate with overlapping windows fused at every step (`seg2sat.generation.tiling`);
+4. write the RGB GeoTIFF with the input's CRS and transform (windowed, temp file + rename;
+   nodata stays nodata through the GeoTIFF mask), then a PNG preview.
+The caller writes the sidecar JSON last: an output counts as finished only when it exists.
+Every setting arrives typed in a `FileJob`, built from the config in one place.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from affine import Affine
+from PIL import Image
+from rasterio.windows import Window as RioWindow
+
+from seg2sat.atomic import atomic_path
+from seg2sat.errors import RasterError
+from seg2sat.generation.models import LoadedModel
+from seg2sat.generation.sampling import PromptSpec, Sampling
+from seg2sat.generation.tiling import generate_tiled, pad_to_tile, regional_edit, windows_for
+from seg2sat.geo.landcover import InputOptions, LandCover, nearest_resize, read_landcover
+from seg2sat.geo.legends import Legend, load_legend, resolve_legend
+from seg2sat.geo.raster import RasterData, is_plain_image, open_geotiff_writer, read_image
+from seg2sat.labels import class_shares
+
+SIDECAR_SUFFIX = ".json"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What is written per input: the GeoTIFF's pixel size and layout, and a preview."""
+
+    resolution: float | None = None  # null: the input's own pixel size
+    cog: bool = True
+    preview: bool = True
+    preview_size: int = 1024
+
+
+@dataclass(frozen=True)
+class EditSpec:
+    """A regional edit: regenerate where the new land cover covers `image`, inside `region`."""
+
+    image: Path | None = None
+    region: Path | None = None
+    margin: int = 16
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """Everything a file's generation needs besides the model, typed once from the config."""
+
+    inputs: InputOptions
+    prompt: PromptSpec
+    sampling: Sampling
+    output: OutputSpec
+    edit: EditSpec
+    legend: Legend | str | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any, model: LoadedModel | None = None) -> FileJob:
+        """From an `infer` config (its `sampling`, `prompt` and `legend` groups); nulls take the model's."""
+        edit = cfg.get("edit") or {}
+        return cls(
+            inputs=InputOptions.from_config(cfg),
+            prompt=PromptSpec.from_config(cfg.prompt, model),
+            sampling=Sampling.from_config(cfg.sampling, model),
+            output=OutputSpec(resolution=None if cfg.get("output_resolution") is None else float(cfg.output_resolution),
+                              cog=bool(cfg.get("cog", True)), preview=bool(cfg.get("preview", True)),
+                              preview_size=int(cfg.get("preview_size", 1024))),
+            edit=EditSpec(image=Path(edit["image"]) if edit.get("image") else None,
+                          region=Path(edit["region"]) if edit.get("region") else None,
+                          margin=int(edit.get("margin", 16))),
+            legend=load_legend(cfg.get("legend"), cfg.get("legend_file")),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------
+
+
+def output_paths(out_dir: Path, src: Path) -> dict[str, Path]:
+    """GeoTIFF, sidecar and preview of one input."""
+    stem = src.stem
+    return {"tif": out_dir / f"{stem}.tif", "json": out_dir / f"{stem}.tif{SIDECAR_SUFFIX}",
+            "preview": out_dir / f"{stem}_preview.png"}
+
+
+def is_finished(paths: dict[str, Path]) -> bool:
+    """An output is finished when its GeoTIFF and its sidecar (written last) exist."""
+    return paths["tif"].exists() and paths["json"].exists()
+
+
+def output_grid(lc: LandCover, resolution: float | None) -> tuple[int, int, Affine, float]:
+    """(width, height, transform, pixel size) of the output of `lc`: its own grid, or `resolution`."""
+    res = float(resolution) if resolution is not None else lc.resolution
+    in_h, in_w = lc.codes.shape
+    out_h = max(1, round(in_h * lc.resolution / res))
+    out_w = max(1, round(in_w * lc.resolution / res))
+    t = lc.transform
+    transform = t if (out_h, out_w) == (in_h, in_w) else Affine(t.a * in_w / out_w, 0, t.c, 0, t.e * in_h / out_h, t.f)
+    return out_w, out_h, transform, res
+
+
+def versions() -> dict[str, str]:
+    """The software that made an output (recorded in its sidecar)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import diffusers
+    import rasterio
+    import torch
+
+    try:
+        ours = version("seg2sat")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        ours = "unknown (not installed)"
+    return {"seg2sat": ours, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "rasterio": rasterio.__version__, "python": platform.python_version()}
+
+
+def write_preview(tif: Path, dest: Path, size: int) -> Path:
+    """A PNG of the GeoTIFF, longest side <= size, read decimated (no full-size array)."""
+    import rasterio
+
+    with rasterio.open(tif) as src:
+        scale = min(1.0, size / max(src.width, src.height))
+        shape = (3, max(1, round(src.height * scale)), max(1, round(src.width * scale)))
+        rgb = src.read([1, 2, 3], out_shape=shape, resampling=rasterio.enums.Resampling.average)
+    with atomic_path(dest) as tmp:
+        Image.fromarray(np.moveaxis(rgb, 0, -1)).save(tmp, format="PNG")
+    return dest
+
+
+def prompt_for(spec: PromptSpec, lc: LandCover) -> str:
+    """The prompt of an input; a plain image on its local grid has no real place."""
+    plain = lc.path is not None and Path(lc.path).is_file() and is_plain_image(lc.path)
+    return spec.for_grid(lc.codes, lc.valid, None if plain else lc.crs, lc.transform)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks (before any model loads)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InputCheck:
+    """One input as `infer` will see it, found before any model is loaded."""
+
+    input: Path
+    size: tuple[int, int]  # (width, height) of the output
+    crs: str | None
+    resolution: float  # work resolution (CRS units per pixel)
+    classes: list[str]
+    windows: int
+    legend: str | None
+
+
+def check_input(job: FileJob, src: Path) -> InputCheck:
+    """Read and validate one input (bands, dtype, georeferencing, legend, size) as `infer` will.
+
+    Raises the reader's error (naming the file) for a bad input; nothing is loaded or written.
+    """
+    legend = resolve_legend(src, job.legend)
+    lc, work = job.inputs.read(src, legend)
+    if job.edit.image:
+        read_edit_image(job.edit.image, job.inputs.crs)
+    padded = pad_to_tile(work.codes, job.sampling.tile)
+    width, height, _, _ = output_grid(lc, job.output.resolution)
+    return InputCheck(input=src, size=(width, height), crs=str(lc.crs) if lc.crs else None,
+                      resolution=work.resolution, classes=list(class_shares(work.codes, work.valid)),
+                      legend=legend.name if legend else None,
+                      windows=len(windows_for(*padded.shape, job.sampling.tile, job.sampling.overlap)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Generate one file
+# ---------------------------------------------------------------------------------------------
+
+
+class _RowWriter:
+    """Rows of the work grid -> the GeoTIFF, masked; held and resampled when the grids differ."""
+
+    def __init__(self, writer: Any, work_shape: tuple[int, int], out_shape: tuple[int, int],
+                 valid_out: np.ndarray) -> None:
+        self.writer, self.valid_out = writer, valid_out
+        self.h, self.w = work_shape
+        self.out_h, self.out_w = out_shape
+        self.same_grid = work_shape == out_shape
+        self.held: list[np.ndarray] = []
+
+    def __call__(self, row0: int, rgb: np.ndarray) -> None:
+        rgb = rgb[: max(0, self.h - row0), :self.w]
+        if rgb.shape[0] == 0:
+            return
+        if not self.same_grid:
+            self.held.append(rgb)
+            return
+        self._write(row0, rgb, self.valid_out[row0:row0 + rgb.shape[0]])
+
+    def _write(self, row0: int, rgb: np.ndarray, mask: np.ndarray) -> None:
+        win = RioWindow(0, row0, rgb.shape[1], rgb.shape[0])
+        self.writer.write(np.moveaxis(np.where(mask[..., None], rgb, 0), -1, 0), win)
+        self.writer.write_mask(mask.astype(np.uint8) * 255, win)
+
+    def finish(self) -> None:
+        """Resample the held work grid to the output grid (in memory) and write it."""
+        if self.same_grid:
+            return
+        image = np.concatenate(self.held)
+        resample = Image.BILINEAR if self.out_h > self.h else Image.BOX
+        image = np.asarray(Image.fromarray(image).resize((self.out_w, self.out_h), resample))
+        self._write(0, image, self.valid_out)
+
+
+def generate_file(model: LoadedModel, job: FileJob, src: Path, paths: dict[str, Path],
+                  progress: Any = None) -> dict[str, Any]:
+    """Generate one input into `paths["tif"]` (and its preview); returns the sidecar record."""
+    # 1. Read, move to the work resolution, pad; the prompt.
+    legend = resolve_legend(src, job.legend)
+    lc, work = job.inputs.read(src, legend)
+    out_w, out_h, out_transform, out_res = output_grid(lc, job.output.resolution)
+    codes = pad_to_tile(work.codes, job.sampling.tile)
+    prompt = prompt_for(job.prompt, work)
+    valid_out = lc.valid if (out_h, out_w) == lc.valid.shape else nearest_resize(lc.valid, out_h, out_w)
+    # 2. Generate; rows go straight to the GeoTIFF when the output grid is the work grid.
+    tags = {"seg2sat_prompt": prompt, "seg2sat_model": model.source, "seg2sat_seed": str(job.sampling.seed)}
+    with open_geotiff_writer(paths["tif"], out_w, out_h, 3, "uint8", lc.crs, out_transform,
+                             cog=job.output.cog, tags=tags) as writer:
+        rows = _RowWriter(writer, work.codes.shape, (out_h, out_w), valid_out)
+        result = generate_tiled(model.pipe, codes, prompt, rows, progress=progress, **job.sampling.kwargs())
+        rows.finish()
+    # 3. Preview; the caller writes the sidecar last.
+    if job.output.preview:
+        write_preview(paths["tif"], paths["preview"], job.output.preview_size)
+    return {"input": str(src), "output": str(paths["tif"]), "model": model.source, "base": model.base,
+            "prompt": prompt, "scheduler": model.scheduler, "lora": model.lora, **job.sampling.kwargs(),
+            "legend": legend.name if isinstance(legend, Legend) else None,
+            "work_resolution": work.resolution, "output_resolution": out_res, "crs": str(lc.crs) if lc.crs else None,
+            "size": [out_w, out_h], "windows": result.windows, "versions": versions()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Regional edit
+# ---------------------------------------------------------------------------------------------
+
+
+def region_on_grid(path: Path, image: RasterData, image_path: Path, column: str) -> np.ndarray:
+    """The (H, W) mask of an `edit.region` raster or layer on the image's pixel grid.
+
+    Vectors are reprojected to the image's CRS and burnt at its pixel size; a raster on another
+    grid (CRS, pixel size or origin) is reprojected onto it with nearest-neighbour resampling,
+    so a region is never misplaced by rounding. A region without a CRS is only accepted on an
+    image without one.
+    """
+    from rasterio.warp import Resampling, reproject
+
+    limit = read_landcover(path, column=column, vector_resolution=image.transform.a,
+                           crs=image.crs.to_string() if image.crs else None, unknown_to_other=True)
+    if (limit.crs is None) != (image.crs is None):
+        raise RasterError(f"{path}: the region has {'no' if limit.crs is None else 'a'} CRS but {image_path} "
+                          f"has {'one' if image.crs is not None else 'none'}; pass crs= for the one without")
+    mask = np.zeros((image.height, image.width), np.uint8)
+    if limit.crs is None:  # no CRS on either side: the pixel grids must match as they are
+        if not math.isclose(limit.transform.a, image.transform.a, rel_tol=1e-6):
+            raise RasterError(f"{path}: pixel size {limit.transform.a:g} differs from {image_path}'s "
+                              f"{image.transform.a:g}, and neither has a CRS to reproject with")
+    # Without CRS both grids are in the same (unknown) units: any one CRS on both sides makes the
+    # warp a pure resampling between the two transforms.
+    same = "EPSG:3857"
+    reproject(limit.valid.astype(np.uint8), mask, src_transform=limit.transform, src_crs=limit.crs or same,
+              dst_transform=image.transform, dst_crs=image.crs or same, resampling=Resampling.nearest)
+    if not mask.any():
+        raise RasterError(f"{path}: the edit region does not overlap {image_path}")
+    return mask.astype(bool)
+
+
+def read_edit_image(image_path: Path, crs: str | None) -> RasterData:
+    """`edit.image` (a GeoTIFF, or a plain photo placed with `crs=`), refused unless 3 uint8 bands."""
+    image = read_image(image_path, crs=crs)
+    if image.count < 3 or image.array.dtype != np.uint8:
+        raise RasterError(f"{image_path}: an aerial image needs 3 uint8 bands, got {image.count} of {image.array.dtype}")
+    return image
+
+
+def _new_map_on_image(lc: LandCover, image: RasterData, src: Path, image_path: Path
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(region, codes, known) of the new map placed on the image's pixel grid (same CRS and size)."""
+    if lc.crs != image.crs or not math.isclose(lc.resolution, image.transform.a, rel_tol=1e-6):
+        raise RasterError(f"{src}: the new map must share {image_path}'s CRS and pixel size "
+                          f"({image.crs}, {image.transform.a:g}); got {lc.crs}, {lc.resolution:g}")
+    col_f, row_f = ~image.transform * (lc.transform.c, lc.transform.f)
+    col0, row0 = round(col_f), round(row_f)
+    if abs(col_f - col0) > 1e-3 or abs(row_f - row0) > 1e-3:
+        raise RasterError(f"{src}: not aligned with {image_path}'s pixel grid (offset {col_f:.3f}, {row_f:.3f} px)")
+    H, W = image.height, image.width
+    r0, c0 = max(0, row0), max(0, col0)
+    r1, c1 = min(H, row0 + lc.codes.shape[0]), min(W, col0 + lc.codes.shape[1])
+    if r1 <= r0 or c1 <= c0:
+        raise RasterError(f"{src}: does not overlap {image_path}")
+    region = np.zeros((H, W), bool)
+    codes = np.full((H, W), 0, np.uint8)
+    region[r0:r1, c0:c1] = lc.valid[r0 - row0:r1 - row0, c0 - col0:c1 - col0]
+    codes[r0:r1, c0:c1] = lc.codes[r0 - row0:r1 - row0, c0 - col0:c1 - col0]
+    return region, codes, region.copy()
+
+
+def edit_file(model: LoadedModel, job: FileJob, src: Path, paths: dict[str, Path]) -> dict[str, Any]:
+    """Regenerate the area `src` (new land cover) covers in `edit.image`; the rest stays identical.
+
+    Inside the region the image is replaced; over `edit.margin` pixels outside it the new
+    content fades out (linear in the distance to the region); beyond, pixels are copied
+    bit for bit. The new map must be on the image's grid (same CRS and pixel size, aligned).
+    """
+    image_path = job.edit.image
+    image = read_edit_image(image_path, job.inputs.crs)
+    lc = read_landcover(src, legend=job.legend, column=job.inputs.column, vector_resolution=image.transform.a,
+                        snap=job.inputs.snap, crs=job.inputs.crs or (image.crs.to_string() if image.crs else None),
+                        unknown_to_other=job.inputs.unknown_to_other)
+    # 1. Place the new map on the image grid, limited to `edit.region`.
+    region, codes, known = _new_map_on_image(lc, image, src, image_path)
+    if job.edit.region:
+        region &= region_on_grid(job.edit.region, image, image_path, job.inputs.column)
+    if not region.any():
+        raise RasterError(f"{src}: the edit region is empty")
+    # 2. Regenerate the region and blend it into a copy of the image.
+    prompt = prompt_for(job.prompt, LandCover(codes, known, image.crs, image.transform, src))
+    rgb, box = regional_edit(model.pipe, np.moveaxis(image.array[:3], 0, -1), codes, known, region, prompt,
+                             margin=job.edit.margin, **job.sampling.kwargs())
+    out = image.array.copy()
+    out[:3] = np.moveaxis(rgb, -1, 0)
+    # 3. Write the edited image on the input image's grid, and its preview.
+    with open_geotiff_writer(paths["tif"], image.width, image.height, out.shape[0], "uint8", image.crs,
+                             image.transform, nodata=image.nodata, cog=job.output.cog,
+                             tags={"seg2sat_prompt": prompt}) as writer:
+        writer.write(out, RioWindow(0, 0, image.width, image.height))
+    if job.output.preview:
+        write_preview(paths["tif"], paths["preview"], job.output.preview_size)
+    return {"input": str(src), "edit_image": str(image_path), "output": str(paths["tif"]), "model": model.source,
+            "prompt": prompt, "scheduler": model.scheduler, **job.sampling.kwargs(), "margin": job.edit.margin,
+            "region_pixels": int(region.sum()), "changed_box": [int(v) for v in box], "versions": versions()}

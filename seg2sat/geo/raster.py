@@ -1,0 +1,345 @@
+"""All raster I/O: FLAIR tiles, other land-cover rasters, GeoTIFF/COG output.
+
+Every read returns a `RasterData` that carries CRS, transform (of the window read) and
+nodata; every write takes them back, atomically. Errors name the file and the problem.
+No torch here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from seg2sat.atomic import atomic_path
+from seg2sat.errors import GeoreferenceError, RasterError
+
+FLAIR_IMG_BANDS = 5  # R, G, B, NIR, elevation
+FLAIR_RESOLUTION = 0.2  # metres
+FLAIR_CRS = CRS.from_epsg(2154)  # Lambert-93
+
+
+@dataclass
+class RasterData:
+    """Pixels of a raster (or a window of it) with their georeferencing."""
+
+    array: np.ndarray  # (bands, H, W)
+    crs: CRS | None
+    transform: Affine
+    nodata: float | int | None = None
+    path: Path | None = None
+
+    @property
+    def height(self) -> int:
+        """Rows."""
+        return int(self.array.shape[1])
+
+    @property
+    def width(self) -> int:
+        """Columns."""
+        return int(self.array.shape[2])
+
+    @property
+    def count(self) -> int:
+        """Bands."""
+        return int(self.array.shape[0])
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(xmin, ymin, xmax, ymax) in CRS units."""
+        return bounds_of(self.transform, self.width, self.height)
+
+    def rgb(self) -> np.ndarray:
+        """The first three bands as an (H, W, 3) image."""
+        if self.count < 3:
+            raise RasterError(f"{self.path}: {self.count} band(s), an RGB view needs 3")
+        return np.ascontiguousarray(np.moveaxis(self.array[:3], 0, -1))
+
+    def band(self, index: int = 1) -> np.ndarray:
+        """One band (1-based, like rasterio) as (H, W)."""
+        return self.array[index - 1]
+
+    def valid_mask(self) -> np.ndarray:
+        """(H, W) True where no band holds nodata."""
+        if self.nodata is None:
+            return np.ones(self.array.shape[1:], bool)
+        if isinstance(self.nodata, float) and math.isnan(self.nodata):
+            return ~np.isnan(self.array).any(0)
+        return ~(self.array == self.nodata).any(0)
+
+
+def bounds_of(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:
+    """Bounds of a north-up grid."""
+    x0, y0 = transform * (0, 0)
+    x1, y1 = transform * (width, height)
+    return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def check_transform(transform: Affine | None, path: str | Path | None = None) -> Affine:
+    """Refuse missing, identity (no georeferencing), rotated or sheared transforms."""
+    if transform is None or transform == Affine.identity():
+        raise GeoreferenceError(f"{path}: no geotransform (pixel grid not georeferenced)")
+    if transform.b != 0 or transform.d != 0:
+        raise GeoreferenceError(
+            f"{path}: rotated or sheared geotransform (b={transform.b}, d={transform.d}) is not "
+            "supported; warp it north-up first (e.g. gdalwarp)"
+        )
+    if transform.a <= 0 or transform.e >= 0:
+        raise GeoreferenceError(
+            f"{path}: geotransform is not north-up (pixel size {transform.a}, {transform.e})"
+        )
+    return transform
+
+
+def _open(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise RasterError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise RasterError(f"{path}: empty file (0 bytes)")
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise RasterError(f"{path}: not a readable raster (corrupt or truncated?): {exc}") from exc
+
+
+def _read(src: Any, path: Path, window: Window | None, bands: list[int] | None) -> np.ndarray:
+    try:
+        return src.read(bands, window=window, boundless=False)
+    except (RasterioIOError, ValueError) as exc:
+        raise RasterError(f"{path}: failed to read pixels (corrupt or truncated?): {exc}") from exc
+
+
+def raster_info(path: str | Path) -> dict[str, Any]:
+    """Size, bands, dtypes, CRS, transform and nodata of a raster, without reading pixels."""
+    with _open(path) as src:
+        return {
+            "path": Path(path),
+            "width": src.width,
+            "height": src.height,
+            "count": src.count,
+            "dtypes": tuple(src.dtypes),
+            "crs": src.crs,
+            "transform": src.transform,
+            "nodata": src.nodata,
+            "res": src.res,
+        }
+
+
+def read_raster(
+    path: str | Path,
+    window: Window | None = None,
+    bands: list[int] | None = None,
+    require_crs: bool = True,
+    crs: CRS | str | None = None,
+) -> RasterData:
+    """Read any raster (or a window) with its georeferencing.
+
+    Args:
+        path: the file.
+        window: a rasterio Window; the returned transform is the window's.
+        bands: 1-based band indexes (default all).
+        require_crs: refuse a raster without CRS unless `crs` is given.
+        crs: a CRS to assume for a raster that has none.
+    """
+    path = Path(path)
+    with _open(path) as src:
+        if src.width == 0 or src.height == 0 or src.count == 0:
+            raise RasterError(f"{path}: empty raster ({src.width}x{src.height}, {src.count} bands)")
+        src_crs = src.crs or (CRS.from_user_input(crs) if crs is not None else None)
+        if src_crs is None and require_crs:
+            raise GeoreferenceError(f"{path}: no CRS; pass one explicitly (e.g. crs=EPSG:2154)")
+        check_transform(src.transform, path)
+        if window is not None:
+            full = Window(0, 0, src.width, src.height)
+            if window.col_off < 0 or window.row_off < 0 or \
+               window.col_off + window.width > full.width or window.row_off + window.height > full.height:
+                raise RasterError(f"{path}: window {window} outside the {src.width}x{src.height} raster")
+        array = _read(src, path, window, bands)
+        transform = src.window_transform(window) if window is not None else src.transform
+        return RasterData(array=array, crs=src_crs, transform=transform, nodata=src.nodata, path=path)
+
+
+PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # images that may carry no georeferencing
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def local_transform(height: int, resolution: float = FLAIR_RESOLUTION) -> Affine:
+    """The grid given to a plain image (PNG/JPEG, no georeferencing).
+
+    `resolution` per pixel, bottom-left corner at (0, 0): a plain map and a plain photo of the
+    same size share it, so one can edit the other.
+    """
+    return Affine(resolution, 0, 0, 0, -resolution, height * resolution)
+
+
+def is_plain_image(path: str | Path) -> bool:
+    """A PNG/JPEG with neither CRS nor geotransform (a photo, a hand-drawn map)."""
+    if Path(path).suffix.lower() not in PLAIN_IMAGE_SUFFIXES:
+        return False
+    info = raster_info(path)
+    return info["crs"] is None and info["transform"] == Affine.identity()
+
+
+def read_image(path: str | Path, crs: CRS | str | None = None, resolution: float = FLAIR_RESOLUTION) -> RasterData:
+    """A georeferenced raster as `read_raster` reads it, or a plain PNG/JPEG on `local_transform`.
+
+    A plain image needs `crs` (the CRS its outputs are written in), so a run never writes an
+    output that looks georeferenced by accident.
+    """
+    path = Path(path)
+    if not is_plain_image(path):
+        return read_raster(path, crs=crs)
+    if crs is None:
+        raise GeoreferenceError(f"{path}: a plain image has no georeferencing; pass crs= (e.g. crs=EPSG:2154) "
+                                "to place it on a local grid, or use a GeoTIFF")
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    return RasterData(array=np.moveaxis(rgb, -1, 0).copy(), crs=CRS.from_user_input(crs),
+                      transform=local_transform(rgb.shape[0], resolution), nodata=None, path=path)
+
+
+def check_same_grid(a: RasterData, b: RasterData, tol: float = 1e-6) -> None:
+    """Refuse two rasters that differ in size, CRS or transform (to `tol` CRS units).
+
+    Raises:
+        GeoreferenceError: naming both files, the size or the georeferencing of each.
+    """
+    if a.array.shape[1:] != b.array.shape[1:]:
+        raise GeoreferenceError(
+            f"{a.path} and {b.path}: size mismatch, {a.width}x{a.height} vs {b.width}x{b.height}"
+        )
+    if a.crs != b.crs or not a.transform.almost_equals(b.transform, precision=tol):
+        raise GeoreferenceError(
+            f"{a.path} and {b.path}: georeferencing mismatch "
+            f"({a.crs}, {tuple(a.transform)[:6]}) vs ({b.crs}, {tuple(b.transform)[:6]})"
+        )
+
+
+def geotiff_profile(
+    width: int,
+    height: int,
+    count: int,
+    dtype: str | np.dtype,
+    crs: CRS | str | None,
+    transform: Affine,
+    nodata: float | int | None = None,
+    blocksize: int = 512,
+    compress: str = "deflate",
+) -> dict[str, Any]:
+    """A tiled, compressed GeoTIFF profile (COG-friendly once overviews are added)."""
+    dtype = np.dtype(dtype).name
+    profile: dict[str, Any] = {
+        "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype,
+        "crs": crs, "transform": transform, "nodata": nodata, "compress": compress,
+        "BIGTIFF": "IF_SAFER",
+    }
+    # GeoTIFF tiles must be multiples of 16; small rasters are written striped.
+    block = min(blocksize, 1 << (min(width, height).bit_length() - 1))
+    if block >= 16 and block % 16 == 0:
+        profile.update(tiled=True, blockxsize=block, blockysize=block)
+    if compress in ("deflate", "zstd", "lzw"):
+        profile["predictor"] = 2 if np.dtype(dtype).kind in "ui" else 3
+    if count >= 3 and dtype == "uint8":
+        profile["photometric"] = "RGB"
+    return profile
+
+
+def _add_overviews(dst: Any, min_size: int = 256) -> None:
+    factors, f = [], 2
+    while max(dst.width, dst.height) // f >= min_size:
+        factors.append(f)
+        f *= 2
+    if factors:
+        dst.build_overviews(factors, rasterio.enums.Resampling.average)
+        dst.update_tags(ns="rio_overview", resampling="average")
+
+
+def write_geotiff(
+    path: str | Path,
+    array: np.ndarray,
+    crs: CRS | str | None,
+    transform: Affine,
+    nodata: float | int | None = None,
+    cog: bool = False,
+    compress: str = "deflate",
+    tags: dict[str, str] | None = None,
+) -> Path:
+    """Write (bands, H, W) or (H, W) as a GeoTIFF, atomically; `cog` adds overviews."""
+    path = Path(path)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[1] == 0 or array.shape[2] == 0:
+        raise RasterError(f"{path}: cannot write an array of shape {array.shape}")
+    if transform is None:
+        raise GeoreferenceError(f"{path}: refusing to write a GeoTIFF without a transform")
+    profile = geotiff_profile(array.shape[2], array.shape[1], array.shape[0], array.dtype,
+                              crs, transform, nodata, compress=compress)
+    with atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(array)
+            if tags:
+                dst.update_tags(**tags)
+            if cog:
+                _add_overviews(dst)
+    return path
+
+
+class GeoTiffWriter:
+    """Windowed GeoTIFF writing for outputs larger than memory; complete only on close."""
+
+    def __init__(self, dst: Any, tmp: Path, path: Path, cog: bool) -> None:
+        self._dst, self.tmp, self.path, self._cog = dst, tmp, path, cog
+
+    def write(self, array: np.ndarray, window: Window) -> None:
+        """Write (bands, h, w) (or (h, w)) pixels at `window`."""
+        if array.ndim == 2:
+            array = array[None]
+        self._dst.write(array, window=window)
+
+    def write_mask(self, mask: np.ndarray, window: Window) -> None:
+        """Write the dataset mask (255 valid, 0 nodata) at `window`."""
+        self._dst.write_mask(mask, window=window)
+
+    def finish(self) -> None:
+        """Add overviews if asked."""
+        if self._cog:
+            _add_overviews(self._dst)
+
+
+@contextlib.contextmanager
+def open_geotiff_writer(
+    path: str | Path,
+    width: int,
+    height: int,
+    count: int,
+    dtype: str | np.dtype,
+    crs: CRS | str | None,
+    transform: Affine,
+    nodata: float | int | None = None,
+    cog: bool = False,
+    compress: str = "deflate",
+    tags: dict[str, str] | None = None,
+) -> Iterator[GeoTiffWriter]:
+    """Yield a windowed writer to a temp file; renamed to `path` only if the block succeeds."""
+    path = Path(path)
+    profile = geotiff_profile(width, height, count, dtype, crs, transform, nodata, compress=compress)
+    with atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            writer = GeoTiffWriter(dst, tmp, path, cog)
+            if tags:
+                dst.update_tags(**tags)
+            yield writer
+            writer.finish()
