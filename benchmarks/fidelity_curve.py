@@ -24,7 +24,7 @@ import torch
 
 from seg2sat.config import compose
 from seg2sat.evaluation.judge import JudgeConfig, load_or_train_judge, split_arrays
-from seg2sat.evaluation.scores import fidelity_report
+from seg2sat.evaluation.scores import Judges, ReportSettings, fidelity_report
 from seg2sat.generation.models import EMBEDDED_TINY_BASE, load_pipeline, load_pipeline_from_base
 from seg2sat.training.loop import train
 
@@ -63,7 +63,8 @@ def main() -> None:
 
     def score(pipe, guidance: float, scale: float, ceiling: bool = False) -> dict:
         sampling = {"steps": args.sampling_steps, "guidance_scale": guidance, "controlnet_scale": scale}
-        rep, _ = fidelity_report(pipe, None, judge, records, real, codes, sampling, vae_round_trip_ceiling=ceiling)
+        rep, _ = fidelity_report(pipe, None, Judges(judge), records, real, codes,
+                                 ReportSettings(sampling=sampling, vae_round_trip=ceiling))
         return rep
 
     # 3. The floor and the ceiling, then every checkpoint.

@@ -34,7 +34,7 @@ from torch import nn
 
 from seg2sat.atomic import atomic_dir
 from seg2sat.data.dataset import load_rgb, read_manifest
-from seg2sat.errors import DatasetError
+from seg2sat.errors import ConfigError, DatasetError
 from seg2sat.hints import hint_to_codes
 from seg2sat.labels import MAX_CODE
 
@@ -72,6 +72,35 @@ class SegNet(nn.Module):
         return self.head(a)
 
 
+class AtrousNet(nn.Module):
+    """A judge of another kind: no encoder-decoder skips, dilated convolutions at half resolution.
+
+    DeepLab's idea at toy size: a strided stem, residual blocks with growing dilation (a wide
+    receptive field without pooling), a 1x1 head, bilinear upsampling. Its errors differ from the
+    U-Net's, so a gain both agree on is not an artefact of one network.
+    """
+
+    def __init__(self, widths: Sequence[int] = (24, 48)) -> None:
+        super().__init__()
+        w0, w1 = widths[0], widths[1]
+        self.stem = nn.Sequential(nn.Conv2d(3, w0, 3, padding=1), nn.GroupNorm(8, w0), nn.SiLU(),
+                                  nn.Conv2d(w0, w1, 3, stride=2, padding=1), nn.GroupNorm(8, w1), nn.SiLU())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(w1, w1, 3, padding=d, dilation=d), nn.GroupNorm(8, w1), nn.SiLU())
+            for d in (1, 2, 4, 8))
+        self.head = nn.Conv2d(w1, MAX_CODE + 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits per pixel; sides must be even."""
+        h = self.stem(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return F.interpolate(self.head(h), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+NETWORKS = {"unet": SegNet, "atrous": AtrousNet}
+
+
 @dataclass(frozen=True)
 class JudgeConfig:
     """How the judge is trained (part of its cache key)."""
@@ -85,6 +114,18 @@ class JudgeConfig:
     # Side of the random crops trained on: a step costs the same on 64 px and 512 px tiles (tiles
     # no larger than this are used whole, so the demo's 64 px judge is unchanged).
     crop_size: int = 64
+    kind: str = "unet"  # a key of NETWORKS
+    subset: float = 1.0  # share of the split's tiles trained on, chosen with `seed`
+
+    def __post_init__(self) -> None:
+        if self.kind not in NETWORKS:
+            raise ConfigError(f"judge.kind={self.kind!r}: choose one of {', '.join(NETWORKS)}")
+        if not 0 < self.subset <= 1:
+            raise ConfigError(f"judge.subset={self.subset}: must be in (0, 1]")
+
+    def build(self) -> nn.Module:
+        """The untrained network of this kind and widths."""
+        return NETWORKS[self.kind](self.widths)
 
     @classmethod
     def from_config(cls, cfg: Any) -> JudgeConfig:
@@ -125,9 +166,9 @@ def _photometric(x: torch.Tensor, g: torch.Generator, max_sigma: float) -> torch
 
 
 class Judge:
-    """A trained SegNet and what it was trained on."""
+    """A trained segmentation network and what it was trained on."""
 
-    def __init__(self, net: SegNet, config: JudgeConfig, info: dict[str, Any]) -> None:
+    def __init__(self, net: nn.Module, config: JudgeConfig, info: dict[str, Any]) -> None:
         self.net = net.eval()
         self.config = config
         self.info = info
@@ -151,6 +192,26 @@ class Judge:
             out.append(logits.argmax(1).to(torch.uint8).numpy())
         codes = np.concatenate(out)
         return codes[0] if single else codes
+
+
+def image_features(judge: Judge, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, 5 * C) unit vectors from the judge's deepest encoder level.
+
+    Global mean plus a 2x2 grid of means: the second half keeps *where* each cover is.
+    """
+    net = judge.net.eval()
+    if not isinstance(net, SegNet):
+        raise ConfigError(f"image features come from a U-Net judge (judge.kind=unet), not {type(net).__name__}")
+    h, w = np.asarray(images[0]).shape[:2]
+    batch_size = max(1, batch_size * 64 * 64 // (h * w))  # bounded activations on 512 px tiles
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = to_tensor(np.asarray(images[i: i + batch_size]))
+            c = net.enc3(F.max_pool2d(net.enc2(F.max_pool2d(net.enc1(x), 2)), 2))
+            feats = torch.cat([c.mean((2, 3)), F.adaptive_avg_pool2d(c, 2).flatten(1)], 1)
+            out.append(F.normalize(feats, dim=1).numpy())
+    return np.concatenate(out).astype(np.float32)
 
 
 def _class_weights(codes: np.ndarray) -> torch.Tensor:
@@ -198,7 +259,7 @@ def train_judge(images: np.ndarray, codes: np.ndarray, config: JudgeConfig = Jud
         raise DatasetError("train_judge: no training images")
     g = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    net = SegNet(config.widths).train()
+    net = config.build().train()
     weights = _class_weights(codes)
     opt = torch.optim.AdamW(net.parameters(), lr=config.learning_rate)
     sched = get_cosine_schedule_with_warmup(opt, max(1, config.steps // 10), config.steps)
@@ -213,6 +274,7 @@ def train_judge(images: np.ndarray, codes: np.ndarray, config: JudgeConfig = Jud
         sched.step()
         if progress is not None:
             progress(step + 1, config.steps, float(loss.detach()))
+    opt.zero_grad(set_to_none=True)  # a trained judge carries no gradient (it is frozen from here on)
     info = {"train_images": len(images), "seconds": round(time.perf_counter() - t0, 1),
             "final_loss": float(loss.detach())}
     return Judge(net, config, info)
@@ -259,10 +321,13 @@ def load_or_train_judge(prepared_dir: str | Path, config: JudgeConfig = JudgeCon
 
     prepared_dir = Path(prepared_dir)
     records, images, codes = split_arrays(prepared_dir, split)
+    if config.subset < 1:  # a subset of its own: a judge that shares no tile choice with another seed's
+        keep = np.sort(np.random.default_rng(config.seed).permutation(len(records))[:max(1, round(config.subset * len(records)))])
+        records, images, codes = [records[i] for i in keep], images[keep], codes[keep]
     folder = prepared_dir / "cache" / f"judge-{_judge_key(records, images, codes, config)}"
     weights = folder / "judge.safetensors"
     if weights.exists():
-        net = SegNet(config.widths)
+        net = config.build()
         net.load_state_dict(load_file(weights))
         return Judge(net, config, json.loads((folder / "judge.json").read_text())), False
     log.info("fidelity: training the judge on %d %s images of %s", len(images), split, prepared_dir)

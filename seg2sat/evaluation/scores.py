@@ -11,6 +11,7 @@ untrained ControlNet (the floor). The **fidelity ratio** is generated mIoU / rea
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,40 @@ from seg2sat.hints import codes_to_hint
 from seg2sat.labels import CODES, MAX_CODE, PALETTE, class_name
 
 
+@dataclass
+class Counts:
+    """Per-image, per-class pixel counts of predictions against targets (so subsets score cheaply)."""
+
+    inter: np.ndarray  # (N, C) pixels of class c predicted as c
+    union: np.ndarray  # (N, C)
+    present: np.ndarray  # (N, C) bool: class c in the image's target
+    correct: np.ndarray  # (N,)
+    total: np.ndarray  # (N,)
+
+    def scores(self, idx: np.ndarray | None = None) -> dict[str, Any]:
+        """MIoU, pixel accuracy and per-class IoU over the images `idx` (all by default)."""
+        sel = slice(None) if idx is None else idx
+        inter, union = self.inter[sel].sum(0), self.union[sel].sum(0)
+        present = self.present[sel].any(0)
+        ious = {class_name(c): float(inter[c] / union[c]) for c in CODES if present[c]}
+        return {"miou": float(np.mean(list(ious.values()))),
+                "pixel_accuracy": float(self.correct[sel].sum() / self.total[sel].sum()), "per_class_iou": ious}
+
+
+def count(preds: Iterable[np.ndarray], targets: Iterable[np.ndarray]) -> Counts:
+    """Per-image intersections and unions of each class."""
+    rows = []
+    for pred, target in zip(preds, targets, strict=True):
+        p = np.bincount(pred.reshape(-1).astype(np.int64), minlength=MAX_CODE + 1)
+        t = np.bincount(target.reshape(-1).astype(np.int64), minlength=MAX_CODE + 1)
+        both = np.bincount(target[pred == target].astype(np.int64), minlength=MAX_CODE + 1)
+        rows.append((both, p + t - both, t > 0, int(both.sum()), target.size))
+    if not rows:
+        raise ValueError("segmentation_scores: no images")
+    inter, union, present, correct, total = (np.array(v) for v in zip(*rows, strict=True))
+    return Counts(inter, union, present, correct, total)
+
+
 def segmentation_scores(preds: Iterable[np.ndarray], targets: Iterable[np.ndarray]) -> dict[str, Any]:
     """MIoU, pixel accuracy and per-class IoU of predicted code maps against targets.
 
@@ -31,24 +66,7 @@ def segmentation_scores(preds: Iterable[np.ndarray], targets: Iterable[np.ndarra
     classes present in the targets (a class predicted but never mapped counts in no mean,
     but it lowers the IoU of the classes it took pixels from).
     """
-    inter = np.zeros(MAX_CODE + 1, np.int64)
-    union = np.zeros(MAX_CODE + 1, np.int64)
-    present = np.zeros(MAX_CODE + 1, bool)
-    correct = total = 0
-    for pred, target in zip(preds, targets, strict=True):
-        p = np.bincount(pred.reshape(-1).astype(np.int64), minlength=MAX_CODE + 1)
-        t = np.bincount(target.reshape(-1).astype(np.int64), minlength=MAX_CODE + 1)
-        both = np.bincount(target[pred == target].astype(np.int64), minlength=MAX_CODE + 1)
-        inter += both
-        union += p + t - both
-        present |= t > 0
-        correct += int(both.sum())
-        total += target.size
-    if total == 0:
-        raise ValueError("segmentation_scores: no images")
-    ious = {class_name(c): float(inter[c] / union[c]) for c in CODES if present[c]}
-    return {"miou": float(np.mean(list(ious.values()))), "pixel_accuracy": correct / total,
-            "per_class_iou": ious}
+    return count(preds, targets).scores()
 
 
 def mask_fidelity(judge: Judge, images: Sequence[np.ndarray] | np.ndarray,
@@ -56,6 +74,23 @@ def mask_fidelity(judge: Judge, images: Sequence[np.ndarray] | np.ndarray,
     """Re-segment `images` with the judge and score them against their target codes."""
     preds = judge.classify(np.stack(list(images)))
     return segmentation_scores(list(preds), list(targets))
+
+
+def ratio_noise(judge: Judge, generated: np.ndarray, real: np.ndarray, codes: np.ndarray, draws: int = 200,
+                seed: int = 0) -> float:
+    """Standard deviation of generated/real mIoU when the maps are resampled (bootstrap).
+
+    The noise any comparison of two ratios on these maps must beat: with 24 maps it is a few
+    hundredths, the size of the seed-to-seed changes measured in docs/fidelity.md.
+    """
+    gen = count(list(judge.classify(generated)), list(codes))
+    ref = count(list(judge.classify(real)), list(codes))
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(draws):
+        idx = rng.integers(0, len(codes), len(codes))
+        ratios.append(gen.scores(idx)["miou"] / max(ref.scores(idx)["miou"], 1e-9))
+    return float(np.std(ratios))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,38 +128,130 @@ def vae_round_trip(vae: Any, images: np.ndarray, batch_size: int = 16) -> np.nda
     return np.concatenate(out)
 
 
-def fidelity_report(pipe: Any, floor: Any | None, judge: Judge, records: Sequence[dict[str, Any]],
-                    real: np.ndarray, codes: np.ndarray, sampling: dict[str, Any], seed: int = 0,
-                    batch_size: int = 8, vae_round_trip_ceiling: bool = True) -> tuple[dict[str, Any], np.ndarray]:
+@dataclass
+class Judges:
+    """The judges of a report: the main one, another of a different kind, and the reward model's view.
+
+    The reward model (the segmenter a reward fine-tune trained against) is shown in the grid only:
+    a model is never scored by the network it was optimised for.
+    """
+
+    main: Judge
+    second: Judge | None = None
+    reward: Judge | None = None
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """What a fidelity report generates and measures."""
+
+    sampling: dict[str, Any]
+    seed: int = 0
+    batch_size: int = 8
+    vae_round_trip: bool = True
+    realism_weights: Path | None = None  # the Inception TorchScript; None: no KID/FID
+    sweep_steps: tuple[int, ...] = field(default_factory=tuple)  # steps to sweep for the fewest faithful
+
+
+def _judged(judge: Judge, generated: np.ndarray, real: np.ndarray, codes: np.ndarray) -> dict[str, Any]:
+    """A judge's scores of the generated and the real images, and their ratio with its noise."""
+    out = {"kind": judge.config.kind, "widths": list(judge.config.widths), "seed": judge.config.seed,
+           "generated": mask_fidelity(judge, generated, codes), "real_images": mask_fidelity(judge, real, codes)}
+    out["fidelity_ratio"] = out["generated"]["miou"] / out["real_images"]["miou"]
+    out["ratio_std"] = ratio_noise(judge, generated, real, codes)
+    return out
+
+
+def _sweep_entry(images: np.ndarray, steps: int, judges: Judges, real: np.ndarray, codes: np.ndarray,
+                 settings: ReportSettings, real_features: np.ndarray | None) -> dict[str, Any]:
+    from seg2sat.evaluation.realism import realism_scores
+
+    main = _judged(judges.main, images, real, codes)
+    entry = {"steps": steps, "fidelity_ratio": main["fidelity_ratio"], "ratio_std": main["ratio_std"]}
+    if judges.second is not None:
+        second = _judged(judges.second, images, real, codes)
+        entry.update(second_ratio=second["fidelity_ratio"], second_ratio_std=second["ratio_std"])
+    if settings.realism_weights is not None:
+        entry.update(realism_scores(real, images, settings.realism_weights, real_features, seed=settings.seed))
+    return entry
+
+
+def fewest_faithful_steps(sweep: list[dict[str, Any]]) -> int:
+    """The fewest steps whose ratios (both judges) and KID are within noise of the best.
+
+    Within noise: a ratio at most one bootstrap standard deviation (of the best entry) below the
+    best ratio; a KID at most one subset standard deviation above the best KID.
+    """
+    def near_best(key: str, noise: str, higher: bool) -> set[int]:
+        if not all(key in e for e in sweep):
+            return {e["steps"] for e in sweep}
+        best = max(sweep, key=lambda e: e[key]) if higher else min(sweep, key=lambda e: e[key])
+        return {e["steps"] for e in sweep if (best[key] - e[key] if higher else e[key] - best[key]) <= best[noise]}
+
+    ok = (near_best("fidelity_ratio", "ratio_std", True) & near_best("second_ratio", "second_ratio_std", True)
+          & near_best("kid_x1000", "kid_std_x1000", False))
+    return min(ok) if ok else max(e["steps"] for e in sweep)
+
+
+def _steps_sweep(pipe: Any, generated: np.ndarray, judges: Judges, records: Sequence[dict[str, Any]],
+                 real: np.ndarray, codes: np.ndarray, settings: ReportSettings,
+                 real_features: np.ndarray | None) -> tuple[list[dict[str, Any]], int]:
+    """Each swept step count scored like the main generation (which is reused at its own count)."""
+    captions = [r["caption"] for r in records]
+    sweep = []
+    for steps in sorted(set(settings.sweep_steps)):
+        images = generated if steps == int(settings.sampling["steps"]) else generate_images(
+            pipe, codes, captions, {**settings.sampling, "steps": steps}, settings.seed, settings.batch_size)
+        sweep.append(_sweep_entry(images, steps, judges, real, codes, settings, real_features))
+    return sweep, fewest_faithful_steps(sweep)
+
+
+def fidelity_report(pipe: Any, floor: Any | None, judges: Judges, records: Sequence[dict[str, Any]],
+                    real: np.ndarray, codes: np.ndarray, settings: ReportSettings) -> tuple[dict[str, Any], np.ndarray]:
     """Scores of a model (and of its untrained floor) on maps with real images; and its images.
 
-    `fidelity_ratio` = generated mIoU / real mIoU; `gain_over_untrained` = generated /
-    untrained mIoU (same base, seeds and settings); `vae_ratio` is the ratio of the real
-    images after the base VAE's round trip, the most a ControlNet on this base can reach.
+    `fidelity_ratio` = generated mIoU / real mIoU by the main judge (`second_judge` has another
+    kind's); `gain_over_untrained` = generated / untrained mIoU (same base, seeds and settings);
+    `vae_ratio` is the ratio of the real images after the base VAE's round trip, the most a
+    ControlNet on this base can reach; `realism` is KID/FID against the real images; `steps_sweep`
+    scores other step counts and `recommended_steps` is the fewest within noise of the best.
     """
+    from seg2sat.evaluation.realism import features, realism_scores
+
+    # 1. The model's images, scored by the main judge (and its noise), then the other kind.
     captions = [r["caption"] for r in records]
-    generated = generate_images(pipe, codes, captions, sampling, seed, batch_size)
-    report: dict[str, Any] = {"num_images": len(codes), "sampling": dict(sampling), "seed": seed,
-                              "generated": mask_fidelity(judge, generated, codes),
-                              "real_images": mask_fidelity(judge, real, codes)}
+    generated = generate_images(pipe, codes, captions, settings.sampling, settings.seed, settings.batch_size)
+    main = _judged(judges.main, generated, real, codes)
+    report: dict[str, Any] = {"num_images": len(codes), "sampling": dict(settings.sampling), "seed": settings.seed,
+                              "generated": main["generated"], "real_images": main["real_images"],
+                              "fidelity_ratio": main["fidelity_ratio"], "ratio_std": main["ratio_std"]}
     real_miou = report["real_images"]["miou"]
-    report["fidelity_ratio"] = report["generated"]["miou"] / real_miou
+    if judges.second is not None:
+        report["second_judge"] = _judged(judges.second, generated, real, codes)
+    # 2. Realism against the real images.
+    real_features = features(real, settings.realism_weights) if settings.realism_weights is not None else None
+    if real_features is not None:
+        report["realism"] = realism_scores(real, generated, settings.realism_weights, real_features, settings.seed)
+    # 3. The floor (an untrained ControlNet) and the ceiling (the VAE's round trip).
     if floor is not None:
-        report["untrained"] = mask_fidelity(judge, generate_images(floor, codes, captions, sampling, seed,
-                                                                   batch_size), codes)
+        report["untrained"] = mask_fidelity(judges.main, generate_images(
+            floor, codes, captions, settings.sampling, settings.seed, settings.batch_size), codes)
         report["floor_ratio"] = report["untrained"]["miou"] / real_miou
         report["gain_over_untrained"] = report["generated"]["miou"] / max(report["untrained"]["miou"], 1e-9)
-    if vae_round_trip_ceiling:
-        report["vae_round_trip"] = mask_fidelity(judge, vae_round_trip(pipe.vae, real), codes)
+    if settings.vae_round_trip:
+        report["vae_round_trip"] = mask_fidelity(judges.main, vae_round_trip(pipe.vae, real), codes)
         report["vae_ratio"] = report["vae_round_trip"]["miou"] / real_miou
+    # 4. Fewer steps: the fewest whose scores stay within noise of the best.
+    if settings.sweep_steps:
+        report["steps_sweep"], report["recommended_steps"] = _steps_sweep(
+            pipe, generated, judges, records, real, codes, settings, real_features)
     return report, generated
 
 
-def grid_image(hints: np.ndarray, generated: np.ndarray, resegmented: np.ndarray, real: np.ndarray,
-               scale: int = 2) -> np.ndarray:
-    """Rows of map | generated | re-segmented (as a hint) | real, with white gaps."""
+def grid_image(*columns: np.ndarray, scale: int = 2) -> np.ndarray:
+    """Rows of the columns side by side (e.g. map | generated | re-segmented | real), with white gaps."""
     rows = []
-    for row in zip(hints, generated, resegmented, real, strict=True):
+    for row in zip(*columns, strict=True):
         cells = [np.kron(a, np.ones((scale, scale, 1), np.uint8)) for a in row]
         gap = np.full((cells[0].shape[0], 4, 3), 255, np.uint8)
         rows.append(np.concatenate([c for cell in cells for c in (cell, gap)][:-1], axis=1))
@@ -132,12 +259,13 @@ def grid_image(hints: np.ndarray, generated: np.ndarray, resegmented: np.ndarray
     return np.concatenate(rows[:-1], axis=0)
 
 
-def write_outputs(out_dir: Path, report: dict[str, Any], judge: Judge, hints: np.ndarray,
+def write_outputs(out_dir: Path, report: dict[str, Any], judges: Judges, hints: np.ndarray,
                   generated: np.ndarray, real: np.ndarray, grid_images: int) -> tuple[Path, Path]:
-    """`fidelity.json` and `grid.png` in `out_dir`, each written atomically."""
+    """`fidelity.json` and `grid.png` (map | generated | judge's view | [reward model's view] | real)."""
     k = min(grid_images, len(hints))
-    reseg = np.stack([codes_to_hint(c) for c in judge.classify(generated[:k])])
-    grid = grid_image(hints[:k], generated[:k], reseg, real[:k])
+    views = [np.stack([codes_to_hint(c) for c in j.classify(generated[:k])])
+             for j in (judges.main, judges.reward) if j is not None]
+    grid = grid_image(hints[:k], generated[:k], *views, real[:k])
     grid_path = out_dir / "grid.png"
     with atomic_path(grid_path) as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")

@@ -114,6 +114,7 @@ def _model_card(info: dict[str, Any], train_cfg: dict[str, Any] | None, has_grid
                   f"{fid['num_images']} maps, sampling {fid.get('sampling')}."]
         if "gain_over_untrained" in fid:
             lines += [f"Training multiplies mIoU by {fid['gain_over_untrained']:.1f} over the untrained ControlNet."]
+        lines += _more_scores(fid)
     else:
         lines += ["", "Not measured for this export (run `seg2sat evaluate model_path=<this folder>`)."]
     if has_grid:
@@ -122,6 +123,25 @@ def _model_card(info: dict[str, Any], train_cfg: dict[str, Any] | None, has_grid
     lines += ["", "## Legend", "", legend_markdown(), "", "## Caption template", "",
               f"`{info['caption_template']}`", ""]
     return "\n".join(lines)
+
+
+def _more_scores(fid: dict[str, Any]) -> list[str]:
+    """The card's lines for the second judge, realism and the steps sweep, when measured."""
+    lines = []
+    if "second_judge" in fid:
+        second = fid["second_judge"]
+        lines += [f"A judge of another kind ({second['kind']}) gives ratio {second['fidelity_ratio']:.2f}."]
+    if "realism" in fid:
+        r = fid["realism"]
+        lines += [f"Realism against the real images: KID x1000 {r['kid_x1000']:.2f} ± {r['kid_std_x1000']:.2f}, "
+                  f"FID {r['fid']:.1f} ({r['images']} images; FID is biased on so few)."]
+    if "steps_sweep" in fid:
+        lines += ["", "| steps | ratio | other judge | KID x1000 |", "| ---: | ---: | ---: | ---: |"]
+        lines += [f"| {e['steps']} | {e['fidelity_ratio']:.2f} | {e.get('second_ratio', float('nan')):.2f} | "
+                  f"{e.get('kid_x1000', float('nan')):.2f} |" for e in fid["steps_sweep"]]
+        lines += ["", f"Fewest steps within noise of the best: **{fid['recommended_steps']}** (the model's "
+                  "recommended steps)."]
+    return lines
 
 
 def write_model_card(model_dir: str | Path) -> Path:
@@ -135,10 +155,17 @@ def write_model_card(model_dir: str | Path) -> Path:
 
 
 def record_fidelity(model_dir: str | Path, fidelity: dict[str, Any]) -> None:
-    """Store measured fidelity in an exported folder's seg2sat.json and model card (atomic writes)."""
+    """Store measured fidelity in an exported folder's seg2sat.json and model card (atomic writes).
+
+    A measured `recommended_steps` (the fewest steps within noise of the best) becomes the model's
+    recommended `sampling.steps`: infer, mosaic, the app and the dry-run estimates use it when
+    their config leaves steps null.
+    """
     model_dir = Path(model_dir)
     info = read_model_info(model_dir)
     info["fidelity"] = fidelity
+    if fidelity.get("recommended_steps"):
+        info["sampling"] = {**(info.get("sampling") or {}), "steps": int(fidelity["recommended_steps"])}
     write_json(model_dir / MODEL_INFO, info)
     write_model_card(model_dir)
 

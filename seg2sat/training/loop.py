@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -38,7 +37,6 @@ from seg2sat.data.dataset import (
     PreparedDataset,
     ShardedEpochSampler,
     collate,
-    hint_to_float,
     load_rgb,
     read_manifest,
 )
@@ -51,6 +49,8 @@ from seg2sat.training.checkpoint import (
     save_checkpoint,
     sweep_checkpoint_tmp,
 )
+from seg2sat.training.objective import compute_loss, diffusion_forward
+from seg2sat.training.reward import Reward, codes_of_hint, load_reward, reward_loss
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class TrainResult:
     peak_memory_mb: float
     seen: list[tuple[int, int]] = field(default_factory=list)  # (epoch, index) of this rank
     controlnet: Any = None  # the trained model (unwrapped), for callers that go on using it
+    last_reward: float | None = None  # the reward's cross-entropy at the last log (reward fine-tunes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,70 +160,6 @@ def _step_generator(seed: int, step: int, rank: int, device: torch.device) -> to
 
 
 # ---------------------------------------------------------------------------------------------
-# One step
-# ---------------------------------------------------------------------------------------------
-
-
-def sample_timesteps(n: int, num_train_timesteps: int, how: str, gen: torch.Generator,
-                     device: torch.device) -> torch.Tensor:
-    """Training timesteps: `uniform`, or `cubic` (T2I-Adapter's t = T(1 - u^3)).
-
-    Cubic sampling spends more steps at high noise, where the layout of the image is decided
-    and where a ControlNet has the most to say (docs/fidelity.md measures the difference).
-    """
-    if how == "uniform":
-        return torch.randint(0, num_train_timesteps, (n,), generator=gen, device=device).long()
-    if how == "cubic":
-        u = torch.rand(n, generator=gen, device=device)
-        return ((1 - u**3) * num_train_timesteps).long().clamp_(0, num_train_timesteps - 1)
-    raise Seg2SatError(f"timestep_sampling={how!r}: choose uniform or cubic")
-
-
-def compute_loss(batch: dict[str, Any], comps: Components, controlnet: Any, gen: torch.Generator,
-                 weight_dtype: torch.dtype, timestep_sampling: str = "uniform") -> torch.Tensor:
-    """The ControlNet diffusion loss of one batch (epsilon or v-prediction)."""
-    device = comps.unet.device
-    # 1. Latents: from the cache (posterior mean/std) or by encoding pixels.
-    if "latent_mean" in batch:
-        mean = batch["latent_mean"].to(device, non_blocking=True)
-        std = batch["latent_std"].to(device, non_blocking=True)
-        latents = mean + std * torch.randn(mean.shape, generator=gen, device=device)
-    else:
-        with torch.no_grad():
-            dist = comps.vae.encode(batch["pixel_values"].to(device, weight_dtype, non_blocking=True)).latent_dist
-            latents = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen, device=device,
-                                                         dtype=dist.mean.dtype)
-    latents = latents.float() * comps.vae.config.scaling_factor
-    # 2. Text conditioning.
-    if "text_embeds" in batch:
-        text = batch["text_embeds"].to(device, weight_dtype, non_blocking=True)
-    else:
-        with torch.no_grad():
-            text = comps.text_encoder(batch["input_ids"].to(device, non_blocking=True))[0]
-    # 3. Forward diffusion.
-    bsz = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=gen, device=device)
-    timesteps = sample_timesteps(bsz, comps.noise_scheduler.config.num_train_timesteps, timestep_sampling,
-                                 gen, device)
-    noisy = comps.noise_scheduler.add_noise(latents, noise, timesteps)
-    # 4. ControlNet residuals into the frozen UNet.
-    cond = hint_to_float(batch["conditioning"].to(device, non_blocking=True))
-    down, mid = controlnet(noisy, timesteps, encoder_hidden_states=text.float(), controlnet_cond=cond,
-                           return_dict=False)
-    pred = comps.unet(noisy.to(weight_dtype), timesteps, encoder_hidden_states=text,
-                      down_block_additional_residuals=[r.to(weight_dtype) for r in down],
-                      mid_block_additional_residual=mid.to(weight_dtype), return_dict=False)[0]
-    # 5. Target by the base model's objective.
-    if comps.prediction_type == "v_prediction":
-        target = comps.noise_scheduler.get_velocity(latents, noise, timesteps)
-    elif comps.prediction_type == "epsilon":
-        target = noise
-    else:
-        raise Seg2SatError(f"unsupported prediction_type {comps.prediction_type!r}")
-    return F.mse_loss(pred.float(), target.float(), reduction="mean")
-
-
-# ---------------------------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------------------------
 
@@ -309,6 +246,7 @@ class _Trainables:
     controlnet: Any
     optimizer: Any
     lr_scheduler: Any
+    reward: Reward | None = None  # the frozen segmenter of a reward fine-tune (`reward:` group)
 
 
 @dataclass
@@ -317,23 +255,30 @@ class _Meter:
 
     loss_sum: torch.Tensor  # on the device: summed without a host sync
     loss_count: int = 0
+    reward_sum: float = 0.0  # the reward's cross-entropy on reward steps (this rank's)
+    reward_count: int = 0
+    last_reward: float | None = None
     samples: int = 0  # over all ranks, since the last log
     t_start: float = field(default_factory=time.perf_counter)
     last_loss: float | None = None
     samples_per_s: float | None = None
     seen: list[tuple[int, int]] = field(default_factory=list)
 
-    def add(self, loss: torch.Tensor, batch: dict[str, Any], world: int) -> None:
+    def add(self, loss: torch.Tensor, batch: dict[str, Any], world: int, reward: torch.Tensor | None = None) -> None:
         """Count one micro-batch of this rank."""
         self.seen.extend(zip(batch["epoch"].tolist(), batch["index"].tolist(), strict=True))
         self.loss_sum += loss.detach()
         self.loss_count += 1
+        if reward is not None:
+            self.reward_sum += float(reward.detach())
+            self.reward_count += 1
         self.samples += len(batch["index"]) * world
 
     def restart(self) -> None:
         """Start a new logging interval."""
         self.loss_sum.zero_()
         self.loss_count, self.t_start, self.samples = 0, time.perf_counter(), 0
+        self.reward_sum, self.reward_count = 0.0, 0
 
 
 def _due(step: int, every: int, max_steps: int) -> bool:
@@ -426,18 +371,32 @@ def _resume(accelerator: Any, run_dir: Path, resume: str | None) -> TrainState:
     return state
 
 
+def _losses(batch: dict[str, Any], cfg: DictConfig, comps: Components, tr: _Trainables, gen: torch.Generator,
+            weight_dtype: torch.dtype, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The diffusion loss, plus the weighted reward on reward steps; (total, reward or None)."""
+    if tr.reward is None or not tr.reward.config.active(step):
+        return compute_loss(batch, comps, tr.controlnet, gen, weight_dtype, str(cfg.timestep_sampling)), None
+    rc = tr.reward.config
+    k = rc.rewarded(len(batch["conditioning"]))
+    fwd = diffusion_forward(batch, comps, tr.controlnet, gen, weight_dtype, str(cfg.timestep_sampling),
+                            small_t=(k, rc.t_max))
+    codes = codes_of_hint(batch["conditioning"].to(comps.unet.device, non_blocking=True))
+    reward = reward_loss(fwd, k, comps, tr.reward, codes, gen)
+    return fwd.mse() + rc.weight * reward, reward
+
+
 def _micro_step(batch: dict[str, Any], cfg: DictConfig, accelerator: Any, comps: Components, tr: _Trainables,
-                gen: torch.Generator, weight_dtype: torch.dtype) -> torch.Tensor:
+                gen: torch.Generator, weight_dtype: torch.dtype, step: int) -> tuple[torch.Tensor, Any]:
     """Forward and backward of one micro-batch; the optimizer steps only when gradients sync."""
     with accelerator.accumulate(tr.controlnet):
-        loss = compute_loss(batch, comps, tr.controlnet, gen, weight_dtype, str(cfg.timestep_sampling))
+        loss, reward = _losses(batch, cfg, comps, tr, gen, weight_dtype, step)
         accelerator.backward(loss)
         if accelerator.sync_gradients and cfg.max_grad_norm:
             accelerator.clip_grad_norm_(tr.controlnet.parameters(), float(cfg.max_grad_norm))
         tr.optimizer.step()
         tr.lr_scheduler.step()
         tr.optimizer.zero_grad(set_to_none=True)
-    return loss
+    return loss, reward
 
 
 def _log_interval(accelerator: Any, meter: _Meter, state: TrainState, lr_scheduler: Any, bar: Any) -> None:
@@ -448,8 +407,11 @@ def _log_interval(accelerator: Any, meter: _Meter, state: TrainState, lr_schedul
     meter.last_loss = mean_loss
     logs = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "samples_per_s": meter.samples_per_s,
             "peak_memory_mb": _peak_memory_mb(accelerator.device), "epoch": state.epoch}
+    if meter.reward_count:
+        logs["reward_loss"] = meter.reward_sum / meter.reward_count  # this rank's; the reward is logged, not synced
+        meter.last_reward = logs["reward_loss"]
     accelerator.log(logs, step=state.global_step)
-    bar.set_postfix(loss=f"{mean_loss:.4f}")
+    bar.set_postfix(loss=f"{mean_loss:.4f}", **({"reward": f"{logs['reward_loss']:.4f}"} if "reward_loss" in logs else {}))
     if not math.isfinite(mean_loss):
         raise Seg2SatError(f"loss became {mean_loss} at step {state.global_step}; lower the learning rate")
     meter.restart()
@@ -512,8 +474,8 @@ def _train_loop(cfg: DictConfig, accelerator: Any, comps: Components, tr: _Train
                 gen = _step_generator(int(cfg.seed), state.global_step * accum + micro,
                                       accelerator.process_index, accelerator.device)
                 micro += 1
-                loss = _micro_step(batch, cfg, accelerator, comps, tr, gen, weight_dtype)
-                meter.add(loss, batch, accelerator.num_processes)
+                loss, reward = _micro_step(batch, cfg, accelerator, comps, tr, gen, weight_dtype, state.global_step)
+                meter.add(loss, batch, accelerator.num_processes, reward)
                 state.batch_in_epoch += 1
                 if not accelerator.sync_gradients:
                     continue
@@ -567,8 +529,10 @@ def train(cfg: DictConfig) -> TrainResult:
     apply_speedups(cfg, comps, controlnet, accelerator.device)
     # 3. Data, through the latent cache when enabled.
     ds = _train_dataset(cfg, comps, accelerator)
-    # 4. Optimizer and lr schedule, prepared with the model.
+    # 4. Optimizer and lr schedule, prepared with the model; the reward's frozen segmenter.
     tr = _prepare_trainables(cfg, controlnet, accelerator)
+    tr.reward = load_reward(cfg, cfg.prepared_dir, accelerator.device, accelerator.wait_for_everyone,
+                            accelerator.is_main_process)
     # 5. Resume, then trackers (main process).
     state = _resume(accelerator, run_dir, cfg.resume)
     if accelerator.is_main_process:
@@ -579,4 +543,5 @@ def train(cfg: DictConfig) -> TrainResult:
     trained = _teardown(accelerator, tr)
     return TrainResult(run_dir=run_dir, global_step=state.global_step, last_loss=meter.last_loss,
                        checkpoints=list_checkpoints(run_dir), samples_per_s=meter.samples_per_s,
-                       peak_memory_mb=_peak_memory_mb(accelerator.device), seen=meter.seen, controlnet=trained)
+                       peak_memory_mb=_peak_memory_mb(accelerator.device), seen=meter.seen, controlnet=trained,
+                       last_reward=meter.last_reward)

@@ -28,7 +28,7 @@ def main() -> None:
     first = next(iter(result.controlnet.parameters())).detach().flatten()[:4].tolist()
     (out / f"rank-{rank}.json").write_text(json.dumps({
         "rank": rank, "world": world, "seen": result.seen, "params": digest.hexdigest(),
-        "first": first, "loss": result.last_loss, "step": result.global_step,
+        "first": first, "loss": result.last_loss, "step": result.global_step, "reward": result.last_reward,
         "torch": torch.__version__}))
 
 

@@ -24,7 +24,7 @@ from seg2sat.generation.models import (
 from seg2sat.generation.tiling import generate_tiled
 from seg2sat.hints import codes_to_hint
 from seg2sat.training.export import export_model
-from seg2sat.training.loop import compute_loss
+from seg2sat.training.objective import compute_loss
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 

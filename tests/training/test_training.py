@@ -12,7 +12,8 @@ from seg2sat.data.dataset import LatentCache
 from seg2sat.errors import ConfigError, Seg2SatError
 from seg2sat.generation.models import Components, build_tiny_components
 from seg2sat.stages import train
-from seg2sat.training.loop import compute_loss, list_checkpoints, resolve_resume
+from seg2sat.training.checkpoint import list_checkpoints, resolve_resume
+from seg2sat.training.objective import compute_loss
 
 
 def _controlnet_state(ckpt):
@@ -182,7 +183,7 @@ def test_wandb_offline_tracker_logs_a_run(train_cfg, monkeypatch):
 
 
 def test_cubic_timesteps_favour_high_noise():
-    from seg2sat.training.loop import sample_timesteps
+    from seg2sat.training.objective import sample_timesteps
 
     gen = torch.Generator().manual_seed(0)
     uniform = sample_timesteps(20000, 1000, "uniform", gen, torch.device("cpu"))
