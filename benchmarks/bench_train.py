@@ -104,7 +104,7 @@ def flops_per_sample(cfg) -> float:
     ControlNet forward and backward), counted by torch.utils.flop_counter on a batch of 1."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from seg2sat.training.loop import compute_loss
+    from seg2sat.training.objective import compute_loss
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[str(cfg.mixed_precision)]

@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "evaluate": ("evaluate", "seg2sat.stages.evaluate", "score how well a model follows its maps (fidelity.json, grid)"),
     "infer": ("infer", "seg2sat.stages.infer", "land-cover GeoTIFF/PNG/vector -> georeferenced aerial GeoTIFF"),
     "mosaic": ("mosaic", "seg2sat.stages.mosaic", "a whole territory as one seamless mosaic (blocks, resumable; engine=ray)"),
+    "synthesize": ("synthesize", "seg2sat.stages.synthesize", "a FLAIR-layout dataset of generated image-mask pairs, "
+                   "aimed at the classes a dataset lacks"),
     "app": ("app", "seg2sat.stages.app", "start the Streamlit app (draw, edit, batch, model, course, search)"),
     "search": ("search", "seg2sat.stages.search", "tiles of a prepared dataset by a sentence (French/English) or by example"),
     "course": ("course", "seg2sat.course.lessons", "companion lessons in the terminal (`seg2sat course lesson=list` lists them)"),

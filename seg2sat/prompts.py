@@ -122,7 +122,7 @@ def caption_for(
     template: str = DEFAULT_TEMPLATE,
     min_share: float = 0.0,
     place: str | None = None,
-    season: bool = False,
+    season: bool | str = False,
     style: str | None = None,
 ) -> str:
     """The caption of a tile from its class shares and metadata.
@@ -133,11 +133,11 @@ def caption_for(
         template: with `{place}` and `{classes}` fields.
         min_share: classes below this share are left out.
         place: overrides the place from metadata.
-        season: append the season of `meta["date"]` (e.g. "In autumn.").
+        season: append the season of `meta["date"]` (e.g. "In autumn."), or this season's name.
         style: a key of STYLES or free text appended at the end.
     """
     text = template.format(place=place or place_of(meta), classes=", ".join(ordered_classes(shares, min_share)))
-    if season and (s := season_of((meta or {}).get("date"))):
+    if season and (s := season if isinstance(season, str) else season_of((meta or {}).get("date"))):
         text += f". In {s}."
     if style:
         extra = STYLES.get(style, style)
@@ -147,11 +147,13 @@ def caption_for(
 
 
 def prompt_for(codes: np.ndarray, valid: np.ndarray | None = None, *, text: str | None = None,
-               template: str = DEFAULT_TEMPLATE, place: str | None = None, style: str | None = None) -> str:
+               template: str = DEFAULT_TEMPLATE, place: str | None = None, style: str | None = None,
+               season: str | None = None) -> str:
     """The prompt of a map: the fixed `text`, or the caption of its class shares.
 
     The one rule `infer`, the app and evaluation share, so a map gets the same prompt in each.
     """
     if text:
         return str(text)
-    return caption_for(class_shares(codes, valid), template=template, place=place or None, style=style or None)
+    return caption_for(class_shares(codes, valid), template=template, place=place or None, season=season or False,
+                       style=style or None)

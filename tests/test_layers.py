@@ -20,7 +20,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "seg2sat"
 # Lowest first. evaluation sits under training: the reward fine-tune trains against a frozen
 # segmenter. serving (the app's functions) sits over the stages it runs (the Batch page runs
 # `infer`, the build button runs `demo`), as the command line does. The course is on top.
-LAYERS = ("", "geo", "data", "generation", "evaluation", "training", "scale", "search", "stages", "serving", "course")
+LAYERS = ("", "geo", "data", "generation", "evaluation", "training", "scale", "synthesis", "search", "stages", "serving",
+          "course")
 RANK = {name: i for i, name in enumerate(LAYERS)}
 
 

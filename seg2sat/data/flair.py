@@ -176,9 +176,11 @@ class Flair1(TileLayout):
     def read_pair(tile: FlairTile) -> tuple[Any, Any, Any]:
         """The IMG raster and MSK codes, each file opened once (240k tiles: opens are the cost)."""
         img = read_raster(tile.img)
-        if img.count != FLAIR_IMG_BANDS:
-            raise RasterError(f"{tile.img}: expected {FLAIR_IMG_BANDS} bands (R, G, B, NIR, elevation), "
-                              f"found {img.count}")
+        bands = len(tile.meta.get("bands") or ()) or FLAIR_IMG_BANDS  # a synthetic tile declares its 3 bands
+        if img.count != bands:
+            raise RasterError(f"{tile.img}: expected {bands} bands "
+                              f"({'R, G, B, NIR, elevation' if bands == FLAIR_IMG_BANDS else 'as its metadata declares'}"
+                              f"), found {img.count}")
         if img.array.dtype != "uint8":
             raise RasterError(f"{tile.img}: expected uint8 bands, found {img.array.dtype}")
         msk = read_raster(tile.msk)

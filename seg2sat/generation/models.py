@@ -385,6 +385,16 @@ def _resolve_base(folder: Path, base: str) -> str:
     return str(candidate) if candidate.exists() else base
 
 
+def check_controlnet(source: str | Path) -> None:
+    """Refuse a local folder that holds no ControlNet (before anything loads); hub ids pass."""
+    folder = Path(str(source)).expanduser()
+    if str(source) == TINY_RANDOM or not folder.exists():
+        return
+    if not (folder / "controlnet" / "config.json").exists() and not (folder / "config.json").exists():
+        raise ModelError(f"{folder}: no ControlNet here (expected an exported model folder with controlnet/, or a "
+                         "diffusers ControlNet folder); run `seg2sat export` (model_path=)")
+
+
 def peek_model(source: str | Path) -> LoadedModel:
     """What a model folder says about itself (tile, info), without loading any weights (`pipe` None).
 

@@ -116,10 +116,11 @@ class PromptSpec:
                    place=str(merged["place"] or prompts.DEFAULT_PLACE),
                    style=str(merged["style"]) if merged["style"] else None)
 
-    def for_codes(self, codes: np.ndarray, valid: np.ndarray | None = None, place: str | None = None) -> str:
-        """The prompt of a map: the fixed text, or the caption of its class shares at `place`."""
+    def for_codes(self, codes: np.ndarray, valid: np.ndarray | None = None, place: str | None = None,
+                  season: str | None = None) -> str:
+        """The prompt of a map: the fixed text, or the caption of its class shares at `place` (in `season`)."""
         return prompts.prompt_for(codes, valid, text=self.text, template=self.template, place=place or self.place,
-                                  style=self.style)
+                                  style=self.style, season=season)
 
     def for_grid(self, codes: np.ndarray, valid: np.ndarray | None, crs: Any, transform: Any) -> str:
         """The prompt of a map on a grid: the place is the grid's real one unless the spec names one."""

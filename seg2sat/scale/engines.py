@@ -172,7 +172,8 @@ def run_local(cfg: Any, manifest: Manifest, grid: Grid, job: dict[str, Any], res
         tracker.composed(r, c, _compose_safe(job, r, c, nb))
 
 
-def _ray_init(cfg: Any) -> tuple[Any, bool]:
+def ray_init(cfg: Any) -> tuple[Any, bool]:
+    """Ray, started locally or joined (`ray.address`) as configured; (ray, started here)."""
     ray = check_ray()
     if ray.is_initialized():
         return ray, False
@@ -234,14 +235,19 @@ class _RayDriver:
 
 def _actors(ray: Any, cfg: Any, job: dict[str, Any], n_todo: int) -> list[Any]:
     """One actor per device of the cluster (or `ray.workers`), never more than there are blocks."""
+    return ray_actors(ray, cfg, BlockActor, n_todo, job)
+
+
+def ray_actors(ray: Any, cfg: Any, actor: type, n_todo: int, *args: Any) -> list[Any]:
+    """One actor of `actor` per device of the cluster (or `ray.workers`), never more than there is work."""
     import torch
 
     gpus = cfg.ray.actor_gpus if cfg.ray.actor_gpus is not None else (1 if torch.cuda.is_available() else 0)
     n = cfg.ray.workers or (int(ray.cluster_resources().get("GPU", 0)) if gpus else 0) or 1
-    actor_cls = ray.remote(BlockActor).options(num_cpus=float(cfg.ray.actor_cpus), num_gpus=float(gpus),
-                                              max_restarts=int(cfg.ray.max_restarts),
-                                              max_task_retries=int(cfg.ray.max_task_retries))
-    return [actor_cls.remote(job) for _ in range(min(n, max(1, n_todo)))] if n_todo else []
+    actor_cls = ray.remote(actor).options(num_cpus=float(cfg.ray.actor_cpus), num_gpus=float(gpus),
+                                         max_restarts=int(cfg.ray.max_restarts),
+                                         max_task_retries=int(cfg.ray.max_task_retries))
+    return [actor_cls.remote(*args) for _ in range(min(n, max(1, n_todo)))] if n_todo else []
 
 
 def run_ray(cfg: Any, manifest: Manifest, grid: Grid, job: dict[str, Any], result: MosaicResult,
@@ -251,7 +257,7 @@ def run_ray(cfg: Any, manifest: Manifest, grid: Grid, job: dict[str, Any], resul
     Blocks go to whichever actor is free; Ray restarts a dead actor and retries the block it was
     running (`ray.max_restarts`, `ray.max_task_retries`). An actor with no block left is released.
     """
-    ray, started = _ray_init(cfg)
+    ray, started = ray_init(cfg)
     try:
         tracker = _Tracker(manifest, grid, job, result)
         todo = _todo(manifest, int(cfg.max_attempts))

@@ -32,29 +32,6 @@ from seg2sat.search.describe import DESCRIBER_VERSION, describe
 from seg2sat.search.encoders import TextEncoder, text_encoder
 
 
-def image_features(judge: Any, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, 5 * C) unit vectors from the judge's deepest encoder level.
-
-    Global mean plus a 2x2 grid of means: the second half keeps *where* each cover is.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from seg2sat.evaluation.judge import to_tensor
-
-    net = judge.net.eval()
-    h, w = np.asarray(images[0]).shape[:2]
-    batch_size = max(1, batch_size * 64 * 64 // (h * w))  # bounded activations on 512 px tiles
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            x = to_tensor(np.asarray(images[i: i + batch_size]))
-            c = net.enc3(F.max_pool2d(net.enc2(F.max_pool2d(net.enc1(x), 2)), 2))
-            feats = torch.cat([c.mean((2, 3)), F.adaptive_avg_pool2d(c, 2).flatten(1)], 1)
-            out.append(F.normalize(feats, dim=1).numpy())
-    return np.concatenate(out).astype(np.float32)
-
-
 @dataclass
 class Hit:
     """One search result."""
@@ -165,7 +142,7 @@ def index_prepared(prepared_dir: str | Path, encoder: str = "use-multilingual", 
     3. Only with `by_example`: load (or train once) the dataset's judge and pool its image features.
     """
     from seg2sat.data.dataset import load_rgb, read_manifest
-    from seg2sat.evaluation.judge import JudgeConfig, load_or_train_judge
+    from seg2sat.evaluation.judge import JudgeConfig, image_features, load_or_train_judge
     from seg2sat.hints import hint_to_codes
 
     prepared_dir = Path(prepared_dir)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from seg2sat.errors import ConfigError, DatasetError
+from seg2sat.evaluation.judge import image_features
 from seg2sat.labels import NAMES, code_of
 from seg2sat.search.describe import FOREST, GLOSS, LINEAR, OPEN_LAND, describe, where
 from seg2sat.search.encoders import MiniLM, text_encoder
-from seg2sat.search.index import TileIndex, build_index, image_features, load_index, save_index
+from seg2sat.search.index import TileIndex, build_index, load_index, save_index
 from seg2sat.search.scenes import benchmark_scenes, load_queries, recall_at_k, scene
 
 

@@ -1,0 +1,157 @@
+"""`seg2sat synthesize`: an exported model and mask sources -> a FLAIR-1-layout dataset of generated pairs.
+
+1. check the settings, the model folder and the sources (one-line errors; nothing loads);
+2. read every source's maps, cut the shape bank, refuse a target no source can reach, plan
+   every tile (map, edits, seed, style, season);
+3. dry run (`check=true`): tiles, edits, targets, estimated GPU-hours; nothing is generated;
+4. train (once, cached) the quality judge on `judge_data`'s real images, then render, judge and
+   write every unfinished tile (`engine=local`, ranks of `accelerate launch`, or `engine=ray`);
+5. measure diversity; write the FLAIR metadata JSON, `synthesis.jsonl` and `report.json`.
+The tree reads back with `seg2sat prepare data_root=<output_dir>` like FLAIR.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from seg2sat.atomic import sweep_tmp
+from seg2sat.errors import BatchError, ConfigError
+from seg2sat.evaluation.judge import JudgeConfig, find_prepared, load_or_train_judge
+from seg2sat.generation.models import check_controlnet, peek_model
+from seg2sat.generation.sampling import Sampling
+from seg2sat.synthesis.dataset import write_dataset
+from seg2sat.synthesis.edit import ShapeBank, needed_shapes
+from seg2sat.synthesis.engines import Progress, build_renderer, run_local, run_ray
+from seg2sat.synthesis.plan import TilePlan, check_reachable, make_plan
+from seg2sat.synthesis.sources import MaskItem, source_items
+from seg2sat.synthesis.spec import SynthesisSpec
+from seg2sat.synthesis.tiles import RECORDS_DIR, read_record
+
+log = logging.getLogger(__name__)
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class SynthesizeResult:
+    """What a run planned, made and reported."""
+
+    out_dir: Path
+    plans: list[TilePlan]
+    made_now: int = 0
+    report: dict[str, Any] = field(default_factory=dict)
+    table: str = ""
+
+
+def _maps(spec: SynthesisSpec, tile: int, resolution: float) -> list[list[MaskItem]]:
+    """Each source's maps (a prepared dataset used by two sources is read once)."""
+    cache: dict[tuple[str, str, Any], list[MaskItem]] = {}
+    out = []
+    for i, s in enumerate(spec.sources):
+        key = (s.kind == "landcover" and "landcover" or "prepared", str(s.path), s.split)
+        if key not in cache:
+            cache[key] = source_items(s, i, tile, resolution)
+        out.append(cache[key])
+    return out
+
+
+def _dry_run(cfg: DictConfig, spec: SynthesisSpec, plans: list[TilePlan], todo: list[TilePlan],
+             sampling: Sampling) -> str:
+    """Tiles by source, edits, targets and the estimate, as the dry run prints them."""
+    lines = [f"tiles     {len(plans)} planned, {len(todo)} to make ({len(plans) - len(todo)} finished here)",
+             "sources   " + ", ".join(f"{s.kind}:{s.path.name} {sum(p.source == i for p in plans)}"
+                                      for i, s in enumerate(spec.sources)),
+             f"edited    {sum(p.edited for p in plans)} tiles; targets: "
+             + (", ".join(f"{t.name} {t.share or t.tiles}" for t in spec.target.classes) or "none")]
+    attempts = 1 + spec.quality.retries
+    window_steps = len(todo) * sampling.steps * (2 if sampling.guidance_scale > 1 else 1)
+    rate = float(cfg.estimate.window_steps_per_s)
+    lines.append(f"estimate  {window_steps} window-steps = {window_steps / rate / 3600:.3f} GPU-hours at {rate:g} "
+                 f"window-steps/s ({cfg.estimate.device}); up to x{attempts} with retries under the quality bar "
+                 f"{spec.quality.threshold:g}")
+    return "\n".join(lines)
+
+
+def _prepare(cfg: DictConfig) -> tuple[SynthesisSpec, Sampling, list[list[MaskItem]], ShapeBank, list[TilePlan]]:
+    """1-2. Settings, model folder, sources, shape bank, reachability, the plan."""
+    if cfg.engine not in ENGINES:
+        raise ConfigError(f"engine={cfg.engine}: one of {', '.join(ENGINES)}")
+    spec = SynthesisSpec.from_config(cfg)
+    check_controlnet(cfg.model_path)
+    sampling = Sampling.from_config(cfg.sampling, peek_model(str(cfg.model_path)))
+    find_prepared(cfg.judge_data)  # the quality judge's real images must exist
+    items = _maps(spec, sampling.tile, float(cfg.work_resolution or 0.2))
+    edited = [m.codes for i, s in enumerate(spec.sources) if s.kind == "edited" for m in items[i]]
+    bank = ShapeBank.from_maps(edited, needed_shapes(t.code for t in spec.target.classes))
+    check_reachable(spec, items, bank)
+    return spec, sampling, items, bank, make_plan(spec, items)
+
+
+def _fault_hook(cfg: DictConfig) -> Any:
+    """`fault.kill_after`: SIGKILL this process once that many tiles are finished (the kill tests)."""
+    kill_after = (cfg.get("fault") or {}).get("kill_after")
+    if not kill_after:
+        return None
+
+    def hook(done: int, total: int) -> None:
+        if done >= int(kill_after):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def _records(out_dir: Path, plans: list[TilePlan]) -> list[dict[str, Any]]:
+    records = [read_record(out_dir, p.id) for p in plans]
+    missing = [p.id for p, r in zip(plans, records, strict=True) if r is None]
+    if missing:
+        raise BatchError(f"{len(missing)} of {len(plans)} tiles are not finished (first {missing[0]}); rerun "
+                         f"`seg2sat synthesize` with the same settings to finish them ({out_dir})")
+    return records
+
+
+def run(cfg: DictConfig) -> SynthesizeResult:
+    """Plan, make what is left, and write the dataset's metadata, manifest and report."""
+    # 1-2. Check and plan (no model loaded).
+    spec, sampling, items, bank, plans = _prepare(cfg)
+    out_dir = Path(cfg.output_dir)
+    sweep_tmp(out_dir / RECORDS_DIR)
+    todo = [p for p in plans if cfg.overwrite or read_record(out_dir, p.id) is None]
+    result = SynthesizeResult(out_dir=out_dir, plans=plans, table=_dry_run(cfg, spec, plans, todo, sampling))
+    # 3. Dry run.
+    if cfg.check:
+        print(result.table)
+        return result
+    log.info("synthesize: %s", result.table.replace("\n", "; "))
+    # 4. The judge once (cached), then the tiles.
+    OmegaConf.update(cfg, "judge_data", str(find_prepared(cfg.judge_data)))
+    load_or_train_judge(cfg.judge_data, JudgeConfig.from_config(cfg.judge))
+    progress = Progress(len(todo), _fault_hook(cfg))
+    renderer = None
+    if cfg.engine == "ray":
+        main = run_ray(cfg, items, bank, spec.quality, todo, progress)
+    else:
+        renderer = build_renderer(cfg, items, bank, spec.quality)
+        main = run_local(renderer, todo, progress)
+    result.made_now = progress.done
+    if not main:
+        return result
+    # 5. Diversity, then the dataset's metadata, manifest and report.
+    records = _records(out_dir, plans)
+    diversity = None
+    if int(cfg.diversity.maps) > 0:
+        renderer = renderer or build_renderer(cfg, items, bank, spec.quality)
+        accepted = [p for p, r in zip(plans, records, strict=True) if r["state"] == "accepted"]
+        diversity = renderer.diversity(accepted[: int(cfg.diversity.maps)], int(cfg.diversity.seeds))
+    real = [m.codes for src in items for m in src]
+    result.report = write_dataset(out_dir, spec, records, list(np.unique(real, axis=0)) if real else [],
+                                  str(cfg.model_path), diversity)
+    print(f"synthesize: {result.report['accepted']} pairs in {out_dir} ({result.report['dropped']} dropped under "
+          f"{spec.quality.threshold:g}); `seg2sat prepare data_root={out_dir}` reads them")
+    return result

@@ -1,0 +1,84 @@
+"""The finished synthetic dataset: FLAIR's metadata JSON, our manifest and the report.
+
+- `flair-1_metadata_aerial.json`: keyed `IMG_<id>` like FLAIR-1's, with domain, zone, date and
+  the patch centroid, plus what a synthetic tile is (`bands` it holds, `synthetic`, source,
+  edits, score, seed, prompt, model, style, season), so `seg2sat prepare` and other FLAIR-1
+  readers take the tree as they take FLAIR;
+- `synthesis.jsonl`: one record per planned tile, accepted or dropped, in plan order;
+- `report.json`: class shares and tile counts of the sources' maps against what was made, each
+  target and how far it got, scores, drops, and the diversity measure.
+All three are rebuilt from the tiles' records, so a resumed run writes them whole again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seg2sat.atomic import write_json, write_text
+from seg2sat.data.flair import METADATA_NAME
+from seg2sat.geo.raster import read_raster
+from seg2sat.labels import BY_CODE
+from seg2sat.synthesis.plan import class_table
+from seg2sat.synthesis.spec import SynthesisSpec
+from seg2sat.synthesis.tiles import BANDS
+
+MANIFEST = "synthesis.jsonl"
+REPORT = "report.json"
+
+
+def metadata(records: list[dict[str, Any]], model: str) -> dict[str, dict[str, Any]]:
+    """FLAIR-1's metadata JSON for the accepted tiles."""
+    out = {}
+    for r in records:
+        if r["state"] != "accepted":
+            continue
+        a, _, c, _, e, f = r["transform"]
+        w, h = r["size"]
+        out[f"IMG_{r['id']}"] = {
+            "domain": r["domain"], "zone": r["zone"], "date": r["date"], "bands": list(BANDS),
+            "patch_centroid_x": c + a * w / 2, "patch_centroid_y": f + e * h / 2,
+            "synthetic": True, "source": r["source"], "edits": r["edits"], "score": r["score"], "seed": r["seed"],
+            "prompt": r["prompt"], "model": model, "style": r["style"], "season": r["season"]}
+    return out
+
+
+def made_maps(out_dir: Path, records: list[dict[str, Any]]) -> list[np.ndarray]:
+    """The codes of every accepted tile, read back from its MSK file."""
+    return [read_raster(out_dir / r["mask"]).array[0] for r in records if r["state"] == "accepted"]
+
+
+def targets_report(spec: SynthesisSpec, records: list[dict[str, Any]], made: list[np.ndarray]) -> list[dict[str, Any]]:
+    """Each target class: asked, the least and mean share in edited tiles, the tiles holding it."""
+    edited = [m for m, r in zip(made, [r for r in records if r["state"] == "accepted"], strict=True)
+              if r["source_kind"] == "edited"]
+    out = []
+    for t in spec.target.classes:
+        shares = [float((m == t.code).mean()) for m in edited]
+        holding = sum(bool((m == t.code).any()) for m in made)
+        reached = (min(shares) >= t.share if shares else False) if t.share else holding >= (t.tiles or 0)
+        out.append({"class": BY_CODE[t.code].name, "share": t.share, "tiles": t.tiles, "reached": reached,
+                    "min_share_edited": round(min(shares), 4) if shares else None,
+                    "mean_share_edited": round(float(np.mean(shares)), 4) if shares else None,
+                    "tiles_holding": holding})
+    return out
+
+
+def write_dataset(out_dir: Path, spec: SynthesisSpec, records: list[dict[str, Any]], real: list[np.ndarray],
+                  model: str, diversity: dict[str, float] | None) -> dict[str, Any]:
+    """Metadata JSON, manifest and report from the tiles' records (atomic writes); returns the report."""
+    write_json(out_dir / METADATA_NAME, metadata(records, model))
+    write_text(out_dir / MANIFEST, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    made = made_maps(out_dir, records)
+    scores = [r["score"] for r in records]
+    report = {"tiles": len(records), "accepted": len(made), "dropped": sum(r["state"] == "dropped" for r in records),
+              "retried": sum(r["attempts"] > 1 for r in records), "threshold": spec.quality.threshold,
+              "score": {"min": min(scores), "mean": round(float(np.mean(scores)), 4), "max": max(scores)},
+              "targets": targets_report(spec, records, made),
+              "classes": {"sources": class_table(real), "made": class_table(made)},
+              "diversity": diversity, "model": model}
+    write_json(out_dir / REPORT, report)
+    return report

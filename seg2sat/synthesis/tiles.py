@@ -1,0 +1,155 @@
+"""One synthetic pair: edit the map, render it, judge it (other seeds while under the bar), write it.
+
+A pair is written in FLAIR-1's layout (`flair_aerial_train/<domain>/<zone>/img/IMG_<id>.tif`,
+three uint8 bands R, G, B; `flair_labels_train/<domain>/<zone>/msk/MSK_<id>.tif`, the codes),
+both on the map's grid (CRS and transform), each written atomically, then its record
+(`tiles/<id>.json`, written last: the completion mark a rerun skips on). A pair whose best
+re-segmented mIoU stays under the quality bar after its retries is dropped, and its record says
+so. Everything a tile does depends on its plan entry alone, so any number of workers writes the
+same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seg2sat.atomic import write_json
+from seg2sat.data.synthetic import tile_paths
+from seg2sat.evaluation.judge import Judge
+from seg2sat.evaluation.scores import segmentation_scores
+from seg2sat.generation.models import LoadedModel
+from seg2sat.generation.sampling import PromptSpec, Sampling
+from seg2sat.generation.tiling import generate_image
+from seg2sat.geo.places import place_for
+from seg2sat.geo.raster import write_geotiff
+from seg2sat.labels import class_shares
+from seg2sat.prompts import caption_for
+from seg2sat.synthesis.edit import ShapeBank, edit_map
+from seg2sat.synthesis.plan import TilePlan
+from seg2sat.synthesis.sources import MaskItem
+from seg2sat.synthesis.spec import Quality
+
+RECORDS_DIR = "tiles"
+BANDS = ("red", "green", "blue")  # what a synthetic IMG holds (FLAIR's IMG has NIR and elevation too)
+NO_DOMAIN = "D000_0000"  # maps of a landcover source have no FLAIR domain: the split is by domain
+
+
+def record_path(out_dir: Path, tile_id: str) -> Path:
+    """The record of a tile (written last: a tile is finished once it exists)."""
+    return out_dir / RECORDS_DIR / f"{tile_id}.json"
+
+
+def read_record(out_dir: Path, tile_id: str) -> dict[str, Any] | None:
+    """A finished tile's record, or None (missing, or unreadable: the tile is redone)."""
+    path = record_path(out_dir, tile_id)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class Renderer:
+    """What every worker holds: the model, the judge, the sources' maps and the shape bank."""
+
+    model: LoadedModel
+    judge: Judge
+    items: list[list[MaskItem]]
+    bank: ShapeBank
+    sampling: Sampling
+    prompt: PromptSpec
+    quality: Quality
+    out_dir: Path
+
+    def _map(self, plan: TilePlan) -> tuple[MaskItem, np.ndarray, list[dict[str, Any]]]:
+        item = self.items[plan.source][plan.item]
+        if not plan.edited:
+            return item, item.codes, []
+        codes, edits = edit_map(item.codes, plan.needs, self.bank, np.random.default_rng(plan.seed))
+        return item, codes, edits
+
+    def _prompt(self, item: MaskItem, codes: np.ndarray, plan: TilePlan) -> str:
+        if self.prompt.text:
+            return self.prompt.text
+        h, w = codes.shape
+        place = place_for({k: v for k, v in item.meta.items() if k == "domain" and v}, item.crs, item.transform, w, h)
+        return caption_for(class_shares(codes, item.valid), template=self.prompt.template, place=place,
+                           season=plan.season or False, style=plan.style or self.prompt.style)
+
+    def score(self, image: np.ndarray, codes: np.ndarray) -> float:
+        """The judge's re-segmented mIoU of an image against its own map."""
+        return segmentation_scores([self.judge.classify(image)], [codes])["miou"]
+
+    def render(self, codes: np.ndarray, prompt: str, seed: int) -> np.ndarray:
+        """One image of a map at a seed, with the run's sampling settings."""
+        return generate_image(self.model.pipe, codes, prompt, **self.sampling.replace(seed=seed).kwargs())
+
+    def make(self, plan: TilePlan) -> dict[str, Any]:
+        """Render, judge, retry, write one tile; returns its record (also written, last)."""
+        t0 = time.perf_counter()
+        # 1. The map (edited if planned) and its prompt.
+        item, codes, edits = self._map(plan)
+        prompt = self._prompt(item, codes, plan)
+        # 2. Seeds in turn until one passes the bar (the best is kept).
+        best: tuple[float, int, np.ndarray] | None = None
+        attempts = 0
+        for k in range(1 + self.quality.retries):
+            attempts += 1
+            image = self.render(codes, prompt, plan.seed + k)
+            score = self.score(image, codes)
+            if best is None or score > best[0]:
+                best = (score, plan.seed + k, image)
+            if score >= self.quality.threshold:
+                break
+        score, seed, image = best
+        accepted = score >= self.quality.threshold
+        # 3. The pair in FLAIR-1's layout, then the record.
+        domain, zone = item.meta.get("domain") or NO_DOMAIN, item.meta.get("zone") or "Z0_SY"
+        record = {"id": plan.id, "index": plan.index, "state": "accepted" if accepted else "dropped",
+                  "score": round(score, 4), "seed": seed, "attempts": attempts, "prompt": prompt,
+                  "source": item.ref, "source_kind": "edited" if plan.edited else item.ref.split(":")[0],
+                  "edits": edits, "domain": domain, "zone": zone, "date": item.meta.get("date"),
+                  "style": plan.style, "season": plan.season, "crs": item.crs, "transform": list(item.transform)[:6],
+                  "size": [int(codes.shape[1]), int(codes.shape[0])],
+                  "shares": class_shares(codes, item.valid)}
+        if accepted:
+            img, msk = tile_paths(self.out_dir, domain, zone, plan.id)
+            write_geotiff(msk, codes[None], item.crs, item.transform)
+            write_geotiff(img, np.moveaxis(image, -1, 0), item.crs, item.transform)
+            record.update(image=str(img.relative_to(self.out_dir)), mask=str(msk.relative_to(self.out_dir)))
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        write_json(record_path(self.out_dir, plan.id), record)
+        return record
+
+    def diversity(self, plans: list[TilePlan], seeds: int = 3) -> dict[str, float]:
+        """How different the renderings of one map are, next to renderings of different maps.
+
+        Mean pairwise cosine distance in the judge's feature space between `seeds` renderings of
+        each map (within), and between the first renderings of different maps (between).
+        """
+        from seg2sat.evaluation.judge import image_features
+
+        firsts, within = [], []
+        for plan in plans:
+            item, codes, _ = self._map(plan)
+            prompt = self._prompt(item, codes, plan)
+            feats = image_features(self.judge, np.stack([self.render(codes, prompt, plan.seed + 1000 + k)
+                                                         for k in range(seeds)]))
+            sims = feats @ feats.T
+            within.append(float(1 - sims[np.triu_indices(seeds, 1)].mean()))
+            firsts.append(feats[0])
+        between = np.stack(firsts) @ np.stack(firsts).T
+        b = float(1 - between[np.triu_indices(len(firsts), 1)].mean()) if len(firsts) > 1 else float("nan")
+        return {"maps": len(plans), "seeds": seeds, "within_map": round(float(np.mean(within)), 4),
+                "between_maps": round(b, 4), "within_over_between": round(float(np.mean(within)) / b, 3)}
+
+
+def plan_record(plan: TilePlan) -> dict[str, Any]:
+    """The plan entry as plain values (for the dry run and the manifest)."""
+    return {**asdict(plan), "needs": {str(k): v for k, v in plan.needs.items()}}

@@ -1,0 +1,189 @@
+"""`seg2sat synthesize`: a FLAIR-layout dataset that `prepare` reads back, aimed, filtered, resumable, deterministic."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from seg2sat.config import compose
+from seg2sat.data.flair import METADATA_NAME
+from seg2sat.errors import ConfigError, DatasetError, ModelError
+from seg2sat.labels import code_of
+from seg2sat.stages import export, prepare, synthesize, train
+
+REPO = Path(__file__).resolve().parent.parent.parent
+FAST = ["sampling.steps=2", "sampling.batch_size=1", "diversity.maps=2", "diversity.seeds=2", "judge.steps=30",
+        "judge.batch_size=4", "quality.threshold=0.0"]
+
+
+@pytest.fixture(scope="module")
+def model(prepared_tiny, tmp_path_factory):
+    """A model exported after two training steps on the tiny prepared set (its maps barely steer it)."""
+    root = tmp_path_factory.mktemp("synth_model")
+    run = train.run(compose("train", [f"paths.root_dir={root}", f"prepared_dir={prepared_tiny}", "max_steps=2",
+                                      "checkpointing_steps=2", "batch_size=4", "validation_steps=0"]))
+    return export.run(compose("export", [f"paths.root_dir={root}", f"run_dir={run.run_dir}",
+                                         f"output_dir={root / 'model'}"])).model_dir
+
+
+def _cfg(out, model, prepared, *overrides):
+    return compose("synthesize", [f"paths.root_dir={out.parent}", f"paths.prepared_dir={prepared}",
+                                  f"model_path={model}", f"output_dir={out}", "target.n_tiles=6", *FAST, *overrides])
+
+
+def _bytes(out):
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.tif"))}
+
+
+def test_a_flair_layout_that_prepare_reads_back(model, prepared_tiny, tmp_path):
+    out = tmp_path / "synthetic"
+    result = synthesize.run(_cfg(out, model, prepared_tiny, "target.classes={greenhouse: 0.05}"))
+    assert result.report["accepted"] == 6 and result.report["dropped"] == 0
+    # 1. FLAIR-1's layout, IMG (3 bands) and MSK on one grid, georeferenced as their map
+    imgs = sorted(out.glob("flair_aerial_train/*/*/img/IMG_*.tif"))
+    msks = sorted(out.glob("flair_labels_train/*/*/msk/MSK_*.tif"))
+    assert len(imgs) == len(msks) == 6
+    for img, msk in zip(imgs, msks, strict=True):
+        with rasterio.open(img) as a, rasterio.open(msk) as b:
+            assert a.count == 3 and a.dtypes[0] == "uint8" and b.count == 1
+            assert a.crs == b.crs and a.crs.to_epsg() == 2154 and a.transform == b.transform
+            assert a.shape == b.shape == (64, 64)
+    # 2. FLAIR's metadata JSON, declaring the bands, with score, seed and source
+    meta = json.loads((out / METADATA_NAME).read_text())
+    first = meta[f"IMG_{result.plans[0].id}"]
+    assert first["bands"] == ["red", "green", "blue"] and first["synthetic"] and first["source"].startswith("prepared:")
+    assert set(first) >= {"domain", "zone", "score", "seed", "prompt", "patch_centroid_x"}
+    records = [json.loads(line) for line in (out / "synthesis.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == [p.id for p in result.plans]
+    # 3. `seg2sat prepare` reads it as it reads FLAIR
+    back = prepare.run(compose("prepare", [f"paths.root_dir={tmp_path}", f"data_root={out}",
+                                           f"output_dir={tmp_path / 'prepared_back'}"]))
+    assert back.n_tiles == 6 and back.n_failed == 0
+    captions = [json.loads(line)["caption"] for line in back.manifest_path.read_text().splitlines()]
+    assert all(c.startswith("Aerial view of ") for c in captions)
+
+
+def test_target_shares_are_reached_and_reported(model, prepared_tiny, tmp_path):
+    out = tmp_path / "synthetic"
+    result = synthesize.run(_cfg(out, model, prepared_tiny, "target.n_tiles=8",
+                                 "target.classes={greenhouse: 0.05, swimming pool: 3}"))
+    greenhouse, pool = code_of("greenhouse"), code_of("swimming pool")
+    records = [json.loads(line) for line in (out / "synthesis.jsonl").read_text().splitlines()]
+    edited = [r for r in records if r["source_kind"] == "edited"]
+    assert len(edited) == 4
+    for r in edited:
+        with rasterio.open(out / r["mask"]) as src:
+            codes = src.read(1)
+        assert (codes == greenhouse).mean() >= 0.05, r["edits"]
+    targets = {t["class"]: t for t in result.report["targets"]}
+    assert targets["greenhouse"]["reached"] and targets["greenhouse"]["min_share_edited"] >= 0.05
+    assert targets["swimming pool"]["reached"] and targets["swimming pool"]["tiles_holding"] >= 3
+    asked = [p.id for p in result.plans if pool in p.needs]
+    assert len(asked) == 3  # a count target goes to the first edited tiles
+    for r in records:
+        if r["id"] in asked:
+            with rasterio.open(out / r["mask"]) as src:
+                assert (src.read(1) == pool).any()
+    made, real = result.report["classes"]["made"], result.report["classes"]["sources"]
+    assert made["greenhouse"]["share"] > real["greenhouse"]["share"]
+
+
+def test_the_filter_drops_the_pairs_of_a_model_that_ignores_its_map(model, prepared_tiny, tmp_path):
+    """An (almost) untrained ControlNet makes images the judge does not read as their maps: all dropped."""
+    from seg2sat.evaluation.judge import JudgeConfig, load_or_train_judge, split_arrays
+    from seg2sat.evaluation.scores import segmentation_scores
+
+    bar = 0.3
+    # the judge of tests/evaluation/test_judge.py (cached once per session): it reads real images well
+    strong = ["judge.widths=[16,32,32]", "judge.steps=150", "judge.batch_size=8", "judge.learning_rate=4e-3"]
+    judge, _ = load_or_train_judge(prepared_tiny, JudgeConfig(widths=(16, 32, 32), steps=150, batch_size=8,
+                                                              learning_rate=4e-3))
+    _, images, codes = split_arrays(prepared_tiny, "train")
+    real = [segmentation_scores([judge.classify(i)], [c])["miou"] for i, c in zip(images, codes, strict=True)]
+    assert np.mean(np.array(real) >= bar) > 0.8  # the real images of these maps pass the same bar
+    result = synthesize.run(_cfg(tmp_path / "synthetic", model, prepared_tiny, f"quality.threshold={bar}",
+                                 "quality.retries=1", "diversity.maps=0", *strong))
+    assert result.report["dropped"] == 6 and result.report["accepted"] == 0
+    assert all(r["attempts"] == 2 for r in map(json.loads, (tmp_path / "synthetic" / "synthesis.jsonl")
+                                                .read_text().splitlines()))
+    assert not list((tmp_path / "synthetic").rglob("IMG_*.tif"))
+
+
+def test_killed_and_resumed_equals_an_uninterrupted_run(model, prepared_tiny, tmp_path):
+    full = tmp_path / "full"
+    synthesize.run(_cfg(full, model, prepared_tiny, "diversity.maps=0"))
+    killed = tmp_path / "killed"
+    args = [f"paths.root_dir={tmp_path}", f"paths.prepared_dir={prepared_tiny}", f"model_path={model}",
+            f"output_dir={killed}", "target.n_tiles=6", *FAST, "diversity.maps=0"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "seg2sat.cli", "synthesize", *args, "fault.kill_after=3"], env=env,
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == -9, run.stderr[-1500:]
+    assert len(list((killed / "tiles").glob("*.json"))) == 3 and not (killed / METADATA_NAME).exists()
+    again = synthesize.run(_cfg(killed, model, prepared_tiny, "diversity.maps=0"))
+    assert again.made_now == 3
+    assert _bytes(killed) == _bytes(full)
+    assert (killed / METADATA_NAME).read_bytes() == (full / METADATA_NAME).read_bytes()
+
+
+def test_one_and_two_ray_workers_write_the_same_bytes(model, prepared_tiny, tmp_path):
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    ray.init(num_cpus=2, _temp_dir=temp, include_dashboard=False, log_to_driver=False)
+    try:
+        outs = {}
+        for n in (1, 2):
+            outs[n] = tmp_path / f"w{n}"
+            synthesize.run(_cfg(outs[n], model, prepared_tiny, "engine=ray", f"ray.workers={n}", "diversity.maps=0"))
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+    local = tmp_path / "local"
+    synthesize.run(_cfg(local, model, prepared_tiny, "diversity.maps=0"))
+    assert _bytes(outs[1]) == _bytes(outs[2]) == _bytes(local) and len(_bytes(local)) == 12
+
+
+@pytest.mark.parametrize(("overrides", "error", "message"), [
+    (["target.classes={greenhous: 0.05}"], ConfigError, r"target.classes: 'greenhous' is not a FLAIR class name"),
+    (["target.classes={snow: 0.05}"], ConfigError, r"no source can reach 'snow'"),
+    (["sources=[{kind: prepared, path: /nowhere}]"], ConfigError, r"sources\[0\] \(prepared\): /nowhere not found"),
+    (["sources=[{kind: prepared, path: PREPARED, split: test}]"], DatasetError, r"sources\[0\] .*no maps \(split 'test'"),
+    (["model_path=NOCN"], ModelError, r"no ControlNet here"),
+])
+def test_bad_inputs_are_one_line_errors_before_any_generation(prepared_tiny, tmp_path, overrides, error, message,
+                                                              monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(synthesize, "build_renderer", no_model)
+    (tmp_path / "nocn").mkdir()
+    overrides = [o.replace("PREPARED", str(prepared_tiny)).replace("NOCN", str(tmp_path / "nocn")) for o in overrides]
+    with pytest.raises(error, match=message):
+        synthesize.run(_cfg(tmp_path / "out", "tiny-random", prepared_tiny, *overrides))
+    assert not (tmp_path / "out").exists()
+
+
+def test_land_cover_of_another_product_cut_into_patches(model, prepared_tiny, geo_samples, tmp_path):
+    """The North Carolina raster through its legend: patches on its own grid, named by its own place."""
+    out = tmp_path / "synthetic"
+    src = geo_samples / "strata.tif"
+    result = synthesize.run(_cfg(out, model, prepared_tiny, "target.n_tiles=3", "work_resolution=28.5",
+                                 f"sources=[{{kind: landcover, path: {src}, legend: nc_landsat96}}]",
+                                 "diversity.maps=0"))
+    assert result.report["accepted"] == 3
+    records = [json.loads(line) for line in (out / "synthesis.jsonl").read_text().splitlines()]
+    with rasterio.open(src) as ref:
+        for r in records:
+            assert r["source"].startswith("landcover:strata.tif:") and "North Carolina" in r["prompt"]
+            with rasterio.open(out / r["image"]) as img:
+                assert img.crs == ref.crs and img.res == pytest.approx((28.5, 28.5))
+                row, col = (int(v) for v in r["source"].rsplit(":", 1)[1].split(","))
+                assert img.transform.c == pytest.approx(ref.transform.c + col * 28.5, abs=1e-3)
+                assert img.transform.f == pytest.approx(ref.transform.f - row * 28.5, abs=1e-3)
