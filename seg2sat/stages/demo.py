@@ -4,7 +4,7 @@
 2. prepare it                                   (`prepare`)
 3. the tiny Stable Diffusion base: the one shipped in `seg2sat/assets/tiny-base` (made by
    `seg2sat pretrain`; a real run starts from SD weights instead), or one pretrained now
-4. train a ControlNet on it                     (`train`)
+4. train a ControlNet on it                     (`train`), then fine-tune it with the reward
 5. export the model folder                      (`export`)
 6. measure fidelity on the held-out maps        (`evaluate`: generated vs untrained vs real)
 7. generate a sample image next to its map
@@ -109,6 +109,22 @@ def _train(cfg: DictConfig, base_dir: Path, timed: _Clock) -> Path:
     return timed("train", train.run, train_cfg).run_dir
 
 
+def _reward(cfg: DictConfig, base_dir: Path, plain_run: Path, timed: _Clock) -> Path:
+    """4b. The reward fine-tune of the plain ControlNet (`reward_experiment`); the run folder to export."""
+    from seg2sat.stages import train
+    from seg2sat.training.checkpoint import list_checkpoints
+
+    if not cfg.get("reward_experiment"):
+        return plain_run
+    init = list_checkpoints(plain_run)[-1] / "controlnet"
+    reward_cfg = _stage_cfg(cfg, "train", [f"experiment={cfg.reward_experiment}", *cfg.get("reward_train", []),
+                                           "model=tiny", f"model.pretrained_dir={base_dir}",
+                                           f"model.controlnet_init={init}", f"seed={cfg.seed}", "resume=latest"])
+    if cfg.rebuild and Path(reward_cfg.run_dir).exists():
+        shutil.rmtree(reward_cfg.run_dir)
+    return timed("reward", train.run, reward_cfg).run_dir
+
+
 def _export_and_evaluate(cfg: DictConfig, run_dir: Path, prepared_dir: Path, out_dir: Path, timed: _Clock) -> Any:
     """5-6. The model folder (with the demo's sampling recommendation), then its measured fidelity."""
     from seg2sat.stages import evaluate, export
@@ -140,6 +156,23 @@ def _sample(cfg: DictConfig, model_dir: Path, prepared_dir: Path, out_dir: Path,
     return sample_path, record
 
 
+def _summary(model_dir: Path, sample: Path, grid: Path, fid: dict[str, Any], seconds: float) -> str:
+    """What the demo prints: where things are, both judges' ratios, realism, the recommended steps."""
+    lines = [f"demo: model in {model_dir}", f"demo: sample image {sample} (map | generated); fidelity grid {grid}",
+             f"demo: fidelity ratio {fid['fidelity_ratio']:.2f} (re-segmented mIoU: trained "
+             f"{fid['generated']['miou']:.3f}, untrained {fid['untrained']['miou']:.3f} = "
+             f"{fid['gain_over_untrained']:.1f}x, real images {fid['real_images']['miou']:.3f}, "
+             f"VAE round trip {fid['vae_round_trip']['miou']:.3f}) in {seconds:.0f} s"]
+    extra = []
+    if "second_judge" in fid:
+        extra.append(f"{fid['second_judge']['kind']} judge ratio {fid['second_judge']['fidelity_ratio']:.2f}")
+    if "realism" in fid:
+        extra.append(f"KID x1000 {fid['realism']['kid_x1000']:.1f} ± {fid['realism']['kid_std_x1000']:.1f}")
+    if "recommended_steps" in fid:
+        extra.append(f"fewest faithful steps {fid['recommended_steps']} (recorded in its seg2sat.json)")
+    return "\n".join(lines + (["demo: " + "; ".join(extra)] if extra else []))
+
+
 def run(cfg: DictConfig) -> DemoResult:
     """Run the embedded demo end to end; returns the model folder and the measured fidelity."""
     from seg2sat.stages import prepare, sample_data
@@ -152,7 +185,7 @@ def run(cfg: DictConfig) -> DemoResult:
     prepared_dir = Path(timed("prepare", prepare.run, _stage_cfg(cfg, "prepare", [*cfg.prepare, *redo])).prepared_dir)
     # 3-4. The tiny base (a real run loads Stable Diffusion instead), the ControlNet on top of it.
     base_dir = demo_base(cfg, timed.seconds)
-    run_dir = _train(cfg, base_dir, timed)
+    run_dir = _reward(cfg, base_dir, _train(cfg, base_dir, timed), timed)
     # 5-6. Export, then fidelity on the held-out maps (recorded in the model card).
     out_dir = Path(cfg.paths.outputs_dir) / "demo"
     model_dir = Path(cfg.paths.models_dir) / cfg.model_name
@@ -164,10 +197,5 @@ def run(cfg: DictConfig) -> DemoResult:
                                        "sample": str(sample_path), "caption": record["caption"],
                                        "fidelity": fidelity, "seconds": timed.seconds,
                                        "total_seconds": round(time.perf_counter() - t_start, 1)})
-    print(f"demo: model in {model_dir}\n"
-          f"demo: sample image {sample_path} (map | generated); fidelity grid {scored.grid_path}\n"
-          f"demo: fidelity ratio {fidelity['fidelity_ratio']:.2f} (re-segmented mIoU: trained "
-          f"{fidelity['generated']['miou']:.3f}, untrained {fidelity['untrained']['miou']:.3f} = "
-          f"{fidelity['gain_over_untrained']:.1f}x, real images {fidelity['real_images']['miou']:.3f}, "
-          f"VAE round trip {fidelity['vae_round_trip']['miou']:.3f}) in {time.perf_counter() - t_start:.0f} s")
+    print(_summary(model_dir, sample_path, scored.grid_path, fidelity, time.perf_counter() - t_start))
     return DemoResult(model_dir=model_dir, sample_image=sample_path, fidelity=fidelity, seconds=timed.seconds)

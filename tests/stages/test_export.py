@@ -74,7 +74,11 @@ def test_demo_end_to_end_reduced(tmp_path):
         f"paths.root_dir={tmp_path}", 'sample_data=["tiles_per_domain=4"]',
         'train=["run_name=demo","max_steps=4","checkpointing_steps=2","validation_steps=2",'
         '"num_validation_images=2","validation_inference_steps=2","batch_size=4"]',
-        'evaluate=["num_images=2","judge.widths=[8,16,16]","judge.steps=10","judge.batch_size=4"]',
+        'reward_train=["max_steps=2","checkpointing_steps=2","batch_size=4","reward.segmenter.steps=10",'
+        '"reward.segmenter.batch_size=4","reward.segmenter.widths=[8,16,16]"]',
+        'evaluate=["num_images=2","judge.widths=[8,16,16]","judge.steps=10","judge.batch_size=4",'
+        '"second_judge.widths=[8,16]","second_judge.steps=10","second_judge.batch_size=4","realism.enabled=false",'
+        '"sweep_steps=[1,2]"]',
         "sampling.steps=2"])
     result = demo.run(cfg)
     assert result.sample_image.exists() and result.sample_image.suffix == ".png"
@@ -84,10 +88,13 @@ def test_demo_end_to_end_reduced(tmp_path):
     assert result.fidelity["num_images"] == 2
     info = json.loads((result.model_dir / MODEL_INFO).read_text())
     assert info["fidelity"]["generated"]["miou"] == result.fidelity["generated"]["miou"]
-    assert info["steps"] == 4
+    assert info["steps"] == 2 and result.seconds["reward"] > 0  # the reward fine-tune's 2 steps, exported
     # the demo's sampling is the model's recommendation (infer and the app default to it)
-    assert info["sampling"] == {"steps": 2, "guidance_scale": 1.0, "controlnet_scale": 3.0}
     assert result.fidelity["sampling"]["steps"] == 2  # evaluate sampled with the model's recommendation
+    # the recommendation then holds the fewest faithful steps the sweep measured
+    assert info["sampling"] == {"steps": result.fidelity["recommended_steps"], "guidance_scale": 1.0,
+                                "controlnet_scale": 3.0}
+    assert "second_judge" in result.fidelity
     demo_json = json.loads((tmp_path / "data" / "outputs" / "demo" / "demo.json").read_text())
     assert demo_json["fidelity"]["fidelity_ratio"] == pytest.approx(result.fidelity["fidelity_ratio"])
     assert demo_json["base"].endswith("assets/tiny-base")
@@ -95,11 +102,11 @@ def test_demo_end_to_end_reduced(tmp_path):
     def stamps(folder):
         return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
 
-    run_dir, prepared = tmp_path / "data" / "runs" / "demo", tmp_path / "data" / "prepared"
+    run_dir, prepared = tmp_path / "data" / "runs" / "demo_reward", tmp_path / "data" / "prepared"
     before = stamps(run_dir / "checkpoints"), (prepared / "manifest.jsonl").stat().st_mtime_ns
     again = demo.run(cfg)
     assert (stamps(run_dir / "checkpoints"), (prepared / "manifest.jsonl").stat().st_mtime_ns) == before
-    assert sorted(before[0]) == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(before[0]) == ["checkpoint-2"]
     assert again.fidelity["generated"]["miou"] == pytest.approx(result.fidelity["generated"]["miou"])
     assert "pretrain_base" not in again.seconds
 
