@@ -33,6 +33,7 @@ import numpy as np
 
 from seg2sat.atomic import sweep_tmp, write_json, write_text
 from seg2sat.errors import RasterError
+from seg2sat.geo.stac import AssetFile, Provenance, item_path, raster_item, write_item
 from seg2sat.scale.grid import Grid, block_id
 from seg2sat.scale.manifest import sha256_of
 from seg2sat.scale.sources import Sources, read_codes
@@ -96,6 +97,15 @@ def generate_block(pipe: Any, job: dict[str, Any], row: int, col: int) -> dict[s
                                 origin=(grid.row0 + er0, grid.col0 + ec0), **job["sampling"])
     return {"state": "generated", "raw": str(raw), "raw_sha256": sha256_of(Path(job["out_dir"]) / raw),
             "windows": result.windows, "seconds": round(time.perf_counter() - t0, 3), "error": None}
+
+
+def block_provenance(job: dict[str, Any]) -> Provenance:
+    """What made the blocks of a mosaic (and the mosaic): one model, prompt and seed for all."""
+    cfg = job.get("cfg") or {}
+    paths = job["sources"]["paths"]
+    return Provenance(model=str(cfg.get("model_path")), landcover=", ".join(map(str, paths)) or None,
+                      prompt=job["prompt"], seed=job["sampling"].get("seed"), software=job.get("software") or {},
+                      legend=", ".join(sorted({str(lg["name"]) for lg in job["sources"].get("legends") or [] if lg})) or None)
 
 
 def axis_weight(n: int, start: int, core0: int, core1: int, length: int, halo: int) -> np.ndarray:
@@ -172,6 +182,10 @@ def compose_block(job: dict[str, Any], row: int, col: int, neighbours: dict[str,
         writer.write(np.moveaxis(rgb, -1, 0), whole)
         writer.write_mask(mask, whole)
     sha = sha256_of(out_dir / out)
+    # the STAC item before the sidecar (the sidecar is the block's completion mark)
+    write_item(raster_item(out_dir / out, block_provenance(job), item_id=bid, cog=True, title=f"Mosaic block {bid}",
+                           assets={"metadata": AssetFile(out_dir / f"{out}.json", ("metadata",), "Block sidecar")}),
+               item_path(out_dir / out), out_dir)
     write_json(out_dir / f"{out}.json", {"block": bid, "bounds": grid.bounds((r0, c0, r1, c1)), "sha256": sha,
                                          "neighbours": sorted(neighbours), "seam": job["seam"], "halo": grid.halo,
                                          "prompt": job["prompt"], **job["sampling"]})
