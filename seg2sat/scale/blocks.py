@@ -171,7 +171,7 @@ def compose_block(job: dict[str, Any], row: int, col: int, neighbours: dict[str,
             wsum[ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] += wgt
     if mask is None:
         raise RasterError(f"block {bid}: its raw generation {neighbours.get(bid)} is missing")
-    # 2. Normalise, mask nodata, write the COG (atomic), then its sidecar.
+    # 2. Normalise, mask nodata, write the COG (atomic), then its STAC item and sidecar.
     rgb = np.clip(np.rint(acc / np.maximum(wsum, 1e-12)), 0, 255).astype(np.uint8)
     rgb[mask == 0] = 0
     out = Path(BLOCKS_DIR) / f"{bid}.tif"
@@ -182,14 +182,19 @@ def compose_block(job: dict[str, Any], row: int, col: int, neighbours: dict[str,
         writer.write(np.moveaxis(rgb, -1, 0), whole)
         writer.write_mask(mask, whole)
     sha = sha256_of(out_dir / out)
-    # the STAC item before the sidecar (the sidecar is the block's completion mark)
-    write_item(raster_item(out_dir / out, block_provenance(job), item_id=bid, cog=True, title=f"Mosaic block {bid}",
-                           assets={"metadata": AssetFile(out_dir / f"{out}.json", ("metadata",), "Block sidecar")}),
-               item_path(out_dir / out), out_dir)
-    write_json(out_dir / f"{out}.json", {"block": bid, "bounds": grid.bounds((r0, c0, r1, c1)), "sha256": sha,
-                                         "neighbours": sorted(neighbours), "seam": job["seam"], "halo": grid.halo,
-                                         "prompt": job["prompt"], **job["sampling"]})
+    _write_records(job, out_dir, out, {"block": bid, "bounds": grid.bounds((r0, c0, r1, c1)), "sha256": sha,
+                                       "neighbours": sorted(neighbours), "seam": job["seam"], "halo": grid.halo,
+                                       "prompt": job["prompt"], **job["sampling"]})
     return {"state": "done", "output": str(out), "sha256": sha, "compose_seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _write_records(job: dict[str, Any], out_dir: Path, out: Path, sidecar: dict[str, Any]) -> None:
+    """A block's STAC item, then its sidecar (last: the sidecar is the block's completion mark)."""
+    bid = sidecar["block"]
+    item = raster_item(out_dir / out, block_provenance(job), item_id=bid, cog=True, title=f"Mosaic block {bid}",
+                       assets={"metadata": AssetFile(out_dir / f"{out}.json", ("metadata",), "Block sidecar")})
+    write_item(item, item_path(out_dir / out), out_dir)
+    write_json(out_dir / f"{out}.json", sidecar)
 
 
 # ---------------------------------------------------------------------------------------------
