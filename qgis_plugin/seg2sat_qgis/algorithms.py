@@ -290,6 +290,7 @@ class RepaintOrthophoto(Seg2SatAlgorithm):
             values = {"input": str(landcover), "edit.image": str(_raster_file(image)), "output_dir": str(out.parent),
                       "overwrite": True, "preview": False, "class_column": _field(self, parameters, "CLASS_FIELD", context),
                       "edit.margin": self.parameterAsInt(parameters, "MARGIN", context),
+                      "vector_resolution": image.rasterUnitsPerPixelX(), "work_resolution": None,  # the image grid
                       **self.sampling_values(parameters, context)}
             self.cli("infer", values, feedback, work, self.legend_args(parameters, context))
         finally:

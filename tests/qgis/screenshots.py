@@ -67,7 +67,8 @@ def main():
     from seg2sat_qgis.runner import SETTING
 
     Processing.initialize()
-    QgsApplication.processingRegistry().addProvider(Seg2SatProvider())
+    provider = Seg2SatProvider()  # kept referenced: QGIS does not own a Python provider
+    QgsApplication.processingRegistry().addProvider(provider)
     ProcessingConfig.setSettingValue(SETTING, command)
     for alg in ("generate", "repaint", "mosaic", "drawing_layer"):
         dialog(app, f"seg2sat:{alg}", shots / f"dialog_{alg}.png")
@@ -85,6 +86,7 @@ def main():
     render([aerial], extent, shots / "generated.png")
     # 2. Repaint: the polygons of new land cover over the generated image.
     polygons = QgsVectorLayer(str(samples / "landsat96_polygons.shp"), "polygons", "ogr")
+    polygons.setSubsetString("\"label\" IN ('water', 'developed')")  # the new land cover: a lake, a town
     t0 = time.time()
     out = processing.run("seg2sat:repaint", {"IMAGE": aerial, "REGION": polygons, "CLASS_FIELD": "label",
                                             "LEGEND": "nc_landsat96", "MARGIN": 2, **sampling,
@@ -93,6 +95,7 @@ def main():
     polygons.loadNamedStyle(str(work / "styles" / "nc_landsat96_polygons.qml"))
     polygons.renderer().setClassAttribute("label")  # this file's column holds the labels
     render([QgsRasterLayer(out["OUTPUT"], "repainted")], extent, shots / "repainted.png")
+    render([polygons, aerial], extent, shots / "repaint_region.png")
     # 3. A drawing layer opens with its legend's classes.
     out = processing.run("seg2sat:drawing_layer", {"LEGEND": "flair", "CRS": "EPSG:3358",
                                                   "OUTPUT": str(work / "draw.gpkg")})
