@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from omegaconf import DictConfig
 
+from seg2sat import progress
 from seg2sat.config import conf_dir
 from seg2sat.errors import Seg2SatError
 
@@ -35,7 +36,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "search": ("search", "seg2sat.stages.search", "tiles of a prepared dataset by a sentence (French/English) or by example"),
     "course": ("course", "seg2sat.course.lessons", "companion lessons in the terminal (`seg2sat course lesson=list` lists them)"),
     "demo": ("demo", "seg2sat.stages.demo", "sample data -> prepare -> train -> export -> a generated image"),
+    "qgis": ("qgis", "seg2sat.stages.qgis", "the QGIS plugin (install, zip), legend styles (QML/SLD), drawing layers"),
 }
+PROGRESS_FLAG = "--progress=json"  # one JSON progress object per line on stderr (seg2sat.progress)
 
 
 # Library chatter that tells our users nothing (e.g. transformers' notice that torchvision is
@@ -44,14 +47,27 @@ QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error", 
 
 
 def _usage() -> str:
-    lines = ["usage: seg2sat <command> [--debug] [hydra overrides ...]", "", "commands:"]
+    lines = ["usage: seg2sat <command> [action] [--debug] [--progress=json] [hydra overrides ...]", "", "commands:"]
     lines += [f"  {name:<12} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += ["", "examples: seg2sat demo", "          seg2sat prepare data_root=/data/FLAIR workers=8",
               "          seg2sat infer input=maps/ --dry-run   (check the inputs, load nothing)",
               "          seg2sat train --cfg job   (print the composed config)",
+              "          seg2sat qgis install   (a bare word after the command is action=<word>)",
               "", "errors print one line and exit 2 (bad input or config) or 1 (part of a batch failed);",
-              "--debug (or HYDRA_FULL_ERROR=1) shows the traceback instead."]
+              "--debug (or HYDRA_FULL_ERROR=1) shows the traceback instead;",
+              "--progress=json prints progress as JSON lines on stderr (for programs, e.g. the QGIS plugin)."]
     return "\n".join(lines)
+
+
+def _action(rest: list[str]) -> list[str]:
+    """`seg2sat qgis install ...` -> `action=install ...`: a bare first word names the action.
+
+    A Hydra override always holds `=` (or starts with `-`, `~` or `+`), so a bare word is
+    never one: reading it as `action=` takes nothing away from commands without actions.
+    """
+    if rest and "=" not in rest[0] and rest[0][:1] not in ("-", "~", "+"):
+        return [f"action={rest[0]}", *rest[1:]]
+    return rest
 
 
 def report_error(command: str, exc: Seg2SatError) -> int:
@@ -91,8 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0
     debug = "--debug" in argv or os.environ.get("HYDRA_FULL_ERROR") == "1"
-    argv = ["check=true" if a == "--dry-run" else a for a in argv if a != "--debug"]
-    command, rest = argv[0], argv[1:]
+    if PROGRESS_FLAG in argv:
+        progress.enable_json()
+    argv = ["check=true" if a == "--dry-run" else a for a in argv if a not in ("--debug", PROGRESS_FLAG)]
+    command, rest = argv[0], _action(argv[1:])
     if command not in COMMANDS:
         print(f"seg2sat: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2

@@ -102,3 +102,52 @@ def img_msk(tmp_path, geotiff):
     img = geotiff(tmp_path / "IMG_000001.tif", rng.integers(0, 255, (5, 32, 48), dtype=np.uint8))
     msk = geotiff(tmp_path / "MSK_000001.tif", rng.integers(1, 20, (1, 32, 48), dtype=np.uint8))
     return img, msk
+
+
+STAC_SCHEMAS = Path(__file__).resolve().parent / "geo" / "stac_schemas"
+
+
+@pytest.fixture(scope="session")
+def stac_errors():
+    """errors(dict) -> list of problems of a STAC Item/Collection, checked offline (empty: valid).
+
+    Three checks: the STAC core JSON schema that ships with pystac, stac-pydantic's models of the
+    spec, and the JSON schema of every extension the object declares (copies kept in
+    tests/geo/stac_schemas/; an extension without a copy is itself reported).
+    """
+    import json
+
+    import jsonschema
+    import pystac.validation
+    import stac_pydantic
+    from referencing import Registry, Resource
+
+    resources = []
+    for path in sorted(STAC_SCHEMAS.glob("*.json")):
+        name, version = path.stem.rsplit("-", 1)
+        url = f"https://stac-extensions.github.io/{name}/{version}/schema.json"
+        resources.append((url, Resource.from_contents(json.loads(path.read_text()))))
+    registry = Registry().with_resources(resources)
+
+    def errors(obj: dict) -> list[str]:
+        found: list[str] = []
+        try:
+            pystac.validation.validate_dict(obj, extensions=[])
+        except pystac.errors.STACValidationError as exc:
+            found.append(f"core schema: {str(exc)[:300]}")
+        model = stac_pydantic.Item if obj.get("type") == "Feature" else stac_pydantic.Collection
+        try:
+            model.model_validate(obj)
+        except Exception as exc:  # pydantic's ValidationError lists every field
+            found.append(f"stac-pydantic: {str(exc)[:300]}")
+        for url in obj.get("stac_extensions", []):
+            try:
+                schema = registry.contents(url)
+            except Exception:
+                found.append(f"{url}: no offline copy of this extension's schema")
+                continue
+            validator = jsonschema.Draft7Validator(schema, registry=registry)
+            found += [f"{url}: {e.message[:200]} at {list(e.absolute_path)}" for e in validator.iter_errors(obj)]
+        return found
+
+    return errors

@@ -103,7 +103,8 @@ def test_a_batch_survives_a_bad_file_and_reports_it(tmp_path):
     last = err.strip().splitlines()[-1]
     assert last.startswith("seg2sat infer: error: 2 done, 0 skipped (already finished), 1 failed of 3 inputs; "
                            f"first: {maps / 'notes.tif'}: not a readable raster")
-    assert sorted(p.name for p in out.iterdir()) == ["a.tif", "a.tif.json", "b.tif", "b.tif.json", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.stac.json", "a.tif", "a.tif.json", "b.stac.json", "b.tif",
+                                                     "b.tif.json", "collection.json", "report.json"]
     report = json.loads((out / "report.json").read_text())
     assert report["done"] == [str(out / "a.tif"), str(out / "b.tif")] and report["inputs"] == 3
     assert list(report["failed"]) == [str(maps / "notes.tif")]

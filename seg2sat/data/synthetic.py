@@ -19,6 +19,7 @@ from affine import Affine
 from scipy import ndimage
 
 from seg2sat.geo.raster import FLAIR_CRS, FLAIR_RESOLUTION, write_geotiff
+from seg2sat.geo.styles import colormap
 from seg2sat.labels import code_of
 
 # Domain -> Lambert-93 anchor (x, y) of its tile grid (roughly inside the department).
@@ -232,7 +233,7 @@ def generate(
             }
             if not (img.exists() and msk.exists()):
                 codes = scene_codes(size, rng)
-                write_geotiff(msk, codes[None], FLAIR_CRS, transform)
+                write_geotiff(msk, codes[None], FLAIR_CRS, transform, colormap=colormap())
                 write_geotiff(img, render(codes, rng), FLAIR_CRS, transform)
                 written += 1
             tiles.append(SampleTile(tile_id, domain, zone, img, msk, meta))

@@ -31,6 +31,7 @@ from seg2sat.generation.tiling import generate_tiled, pad_to_tile, regional_edit
 from seg2sat.geo.landcover import InputOptions, LandCover, nearest_resize, read_landcover
 from seg2sat.geo.legends import Legend, load_legend, resolve_legend
 from seg2sat.geo.raster import RasterData, is_plain_image, open_geotiff_writer, read_image
+from seg2sat.geo.stac import AssetFile, Provenance, raster_item
 from seg2sat.labels import class_shares
 
 SIDECAR_SUFFIX = ".json"
@@ -126,6 +127,20 @@ def versions() -> dict[str, str]:
         ours = "unknown (not installed)"
     return {"seg2sat": ours, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "rasterio": rasterio.__version__, "python": platform.python_version()}
+
+
+def stac_item(paths: dict[str, Path], record: dict[str, Any], cog: bool) -> Any:
+    """The STAC Item of one output (`seg2sat.geo.stac`) from its sidecar record.
+
+    Assets: the GeoTIFF, its preview (if written) and the sidecar (written after the item).
+    """
+    provenance = Provenance(model=str(record["model"]), landcover=record["input"], prompt=record.get("prompt"),
+                            seed=record.get("seed"), legend=record.get("legend"), software=record["versions"],
+                            edited_image=record.get("edit_image"))
+    assets = {"metadata": AssetFile(paths["json"], ("metadata",), "Seg2Sat sidecar: settings and timings")}
+    if paths["preview"].exists():
+        assets["preview"] = AssetFile(paths["preview"], ("overview",), "Preview")
+    return raster_item(paths["tif"], provenance, assets=assets, cog=cog)
 
 
 def write_preview(tif: Path, dest: Path, size: int) -> Path:

@@ -180,9 +180,12 @@ def _open_layer(path: Path, bbox: tuple[float, float, float, float] | None) -> A
     if not path.exists():
         raise VectorError(f"{path}: file not found")
     try:
-        return gpd.read_file(path, bbox=bbox)
+        gdf = gpd.read_file(path, bbox=bbox)
     except Exception as exc:  # pyogrio raises several types for unreadable files
         raise VectorError(f"{path}: not a readable vector layer: {exc}") from exc
+    if not isinstance(gdf, gpd.GeoDataFrame):  # a table without geometry, or an empty untyped layer
+        raise VectorError(f"{path}: the layer has no geometry (no geometry column, or no feature)")
+    return gdf
 
 
 def _checked_geometries(gdf: Any, path: Path) -> Any:

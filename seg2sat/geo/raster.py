@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,14 +257,15 @@ def geotiff_profile(
     return profile
 
 
-def _add_overviews(dst: Any, min_size: int = 256) -> None:
+def _add_overviews(dst: Any, resampling: str = "average", min_size: int = 256) -> None:
+    # classes are never averaged (a mean of codes 5 and 7 is code 6): masks use "nearest"
     factors, f = [], 2
     while max(dst.width, dst.height) // f >= min_size:
         factors.append(f)
         f *= 2
     if factors:
-        dst.build_overviews(factors, rasterio.enums.Resampling.average)
-        dst.update_tags(ns="rio_overview", resampling="average")
+        dst.build_overviews(factors, rasterio.enums.Resampling[resampling])
+        dst.update_tags(ns="rio_overview", resampling=resampling)
 
 
 def write_geotiff(
@@ -276,8 +277,13 @@ def write_geotiff(
     cog: bool = False,
     compress: str = "deflate",
     tags: dict[str, str] | None = None,
+    colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
 ) -> Path:
-    """Write (bands, H, W) or (H, W) as a GeoTIFF, atomically; `cog` adds overviews."""
+    """Write (bands, H, W) or (H, W) as a GeoTIFF, atomically; `cog` adds overviews.
+
+    `colormap` (value -> RGBA, e.g. `seg2sat.geo.styles.colormap()`) gives a one-band uint8 or
+    uint16 class raster its colour table, so GIS software shows the classes in their colours.
+    """
     path = Path(path)
     if array.ndim == 2:
         array = array[None]
@@ -287,21 +293,30 @@ def write_geotiff(
         raise GeoreferenceError(f"{path}: refusing to write a GeoTIFF without a transform")
     profile = geotiff_profile(array.shape[2], array.shape[1], array.shape[0], array.dtype,
                               crs, transform, nodata, compress=compress)
+    _check_colormap(path, colormap, array.shape[0], array.dtype)
     with atomic_path(path) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(array)
             if tags:
                 dst.update_tags(**tags)
+            if colormap:
+                dst.write_colormap(1, dict(colormap))
             if cog:
-                _add_overviews(dst)
+                _add_overviews(dst, "nearest" if colormap else "average")
     return path
+
+
+def _check_colormap(path: Path, colormap: Mapping[int, tuple[int, ...]] | None, count: int, dtype: Any) -> None:
+    """A colour table belongs to one band of uint8/uint16 classes (GDAL refuses it elsewhere)."""
+    if colormap and (count != 1 or np.dtype(dtype).name not in ("uint8", "uint16")):
+        raise RasterError(f"{path}: a colour table needs one uint8/uint16 band, not {count} of {np.dtype(dtype).name}")
 
 
 class GeoTiffWriter:
     """Windowed GeoTIFF writing for outputs larger than memory; complete only on close."""
 
-    def __init__(self, dst: Any, tmp: Path, path: Path, cog: bool) -> None:
-        self._dst, self.tmp, self.path, self._cog = dst, tmp, path, cog
+    def __init__(self, dst: Any, tmp: Path, path: Path, cog: bool, resampling: str = "average") -> None:
+        self._dst, self.tmp, self.path, self._cog, self._resampling = dst, tmp, path, cog, resampling
 
     def write(self, array: np.ndarray, window: Window) -> None:
         """Write (bands, h, w) (or (h, w)) pixels at `window`."""
@@ -316,7 +331,7 @@ class GeoTiffWriter:
     def finish(self) -> None:
         """Add overviews if asked."""
         if self._cog:
-            _add_overviews(self._dst)
+            _add_overviews(self._dst, self._resampling)
 
 
 @contextlib.contextmanager
@@ -332,14 +347,21 @@ def open_geotiff_writer(
     cog: bool = False,
     compress: str = "deflate",
     tags: dict[str, str] | None = None,
+    colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
 ) -> Iterator[GeoTiffWriter]:
-    """Yield a windowed writer to a temp file; renamed to `path` only if the block succeeds."""
+    """Yield a windowed writer to a temp file; renamed to `path` only if the block succeeds.
+
+    `colormap` as for `write_geotiff` (a class raster's colour table).
+    """
     path = Path(path)
     profile = geotiff_profile(width, height, count, dtype, crs, transform, nodata, compress=compress)
+    _check_colormap(path, colormap, count, dtype)
     with atomic_path(path) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
-            writer = GeoTiffWriter(dst, tmp, path, cog)
+            writer = GeoTiffWriter(dst, tmp, path, cog, "nearest" if colormap else "average")
             if tags:
                 dst.update_tags(**tags)
+            if colormap:
+                dst.write_colormap(1, dict(colormap))
             yield writer
             writer.finish()

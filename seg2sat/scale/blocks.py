@@ -33,6 +33,7 @@ import numpy as np
 
 from seg2sat.atomic import sweep_tmp, write_json, write_text
 from seg2sat.errors import RasterError
+from seg2sat.geo.stac import AssetFile, Provenance, item_path, raster_item, write_item
 from seg2sat.scale.grid import Grid, block_id
 from seg2sat.scale.manifest import sha256_of
 from seg2sat.scale.sources import Sources, read_codes
@@ -98,6 +99,15 @@ def generate_block(pipe: Any, job: dict[str, Any], row: int, col: int) -> dict[s
             "windows": result.windows, "seconds": round(time.perf_counter() - t0, 3), "error": None}
 
 
+def block_provenance(job: dict[str, Any]) -> Provenance:
+    """What made the blocks of a mosaic (and the mosaic): one model, prompt and seed for all."""
+    cfg = job.get("cfg") or {}
+    paths = job["sources"]["paths"]
+    return Provenance(model=str(cfg.get("model_path")), landcover=", ".join(map(str, paths)) or None,
+                      prompt=job["prompt"], seed=job["sampling"].get("seed"), software=job.get("software") or {},
+                      legend=", ".join(sorted({str(lg["name"]) for lg in job["sources"].get("legends") or [] if lg})) or None)
+
+
 def axis_weight(n: int, start: int, core0: int, core1: int, length: int, halo: int) -> np.ndarray:
     """Cross-fade weights of one block along one axis, at grid positions start..start+n.
 
@@ -161,7 +171,7 @@ def compose_block(job: dict[str, Any], row: int, col: int, neighbours: dict[str,
             wsum[ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] += wgt
     if mask is None:
         raise RasterError(f"block {bid}: its raw generation {neighbours.get(bid)} is missing")
-    # 2. Normalise, mask nodata, write the COG (atomic), then its sidecar.
+    # 2. Normalise, mask nodata, write the COG (atomic), then its STAC item and sidecar.
     rgb = np.clip(np.rint(acc / np.maximum(wsum, 1e-12)), 0, 255).astype(np.uint8)
     rgb[mask == 0] = 0
     out = Path(BLOCKS_DIR) / f"{bid}.tif"
@@ -172,10 +182,19 @@ def compose_block(job: dict[str, Any], row: int, col: int, neighbours: dict[str,
         writer.write(np.moveaxis(rgb, -1, 0), whole)
         writer.write_mask(mask, whole)
     sha = sha256_of(out_dir / out)
-    write_json(out_dir / f"{out}.json", {"block": bid, "bounds": grid.bounds((r0, c0, r1, c1)), "sha256": sha,
-                                         "neighbours": sorted(neighbours), "seam": job["seam"], "halo": grid.halo,
-                                         "prompt": job["prompt"], **job["sampling"]})
+    _write_records(job, out_dir, out, {"block": bid, "bounds": grid.bounds((r0, c0, r1, c1)), "sha256": sha,
+                                       "neighbours": sorted(neighbours), "seam": job["seam"], "halo": grid.halo,
+                                       "prompt": job["prompt"], **job["sampling"]})
     return {"state": "done", "output": str(out), "sha256": sha, "compose_seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _write_records(job: dict[str, Any], out_dir: Path, out: Path, sidecar: dict[str, Any]) -> None:
+    """A block's STAC item, then its sidecar (last: the sidecar is the block's completion mark)."""
+    bid = sidecar["block"]
+    item = raster_item(out_dir / out, block_provenance(job), item_id=bid, cog=True, title=f"Mosaic block {bid}",
+                       assets={"metadata": AssetFile(out_dir / f"{out}.json", ("metadata",), "Block sidecar")})
+    write_item(item, item_path(out_dir / out), out_dir)
+    write_json(out_dir / f"{out}.json", sidecar)
 
 
 # ---------------------------------------------------------------------------------------------

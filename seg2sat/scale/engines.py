@@ -15,6 +15,7 @@ from typing import Any
 
 from seg2sat.errors import ConfigError
 from seg2sat.generation.models import load_configured, process_state
+from seg2sat.progress import report as report_progress
 from seg2sat.scale.blocks import compose_block, generate_block
 from seg2sat.scale.grid import Grid, block_id, neighbour_ids
 from seg2sat.scale.manifest import Manifest
@@ -135,6 +136,9 @@ class _Tracker:
         left = self.total - finished - len(self.result.failed)
         eta = f"{left * self.area / rate * 60:.1f} min" if rate > 0 else "?"
         log.info("mosaic: %d/%d blocks done (%d this run), %.4g km²/h, ETA %s", finished, self.total, new, rate, eta)
+        # a block is two halves of work, generated then composed: the fraction moves at both
+        waiting = max(0, len(self.result.generated) - len(self.result.composed) - self.empty_now)
+        report_progress(2 * finished + waiting, 2 * self.total, f"{finished}/{self.total} blocks done, ETA {eta}")
 
 
 def _compose_safe(job: dict[str, Any], row: int, col: int, neighbours: dict[str, str]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from seg2sat.errors import ConfigError
-from seg2sat.generation.files import prompt_for
+from seg2sat.generation.files import prompt_for, versions
 from seg2sat.generation.models import peek_model
 from seg2sat.generation.sampling import PromptSpec, Sampling
 from seg2sat.generation.tiling import windows_for
@@ -96,7 +96,8 @@ def plan(cfg: DictConfig, manifest: Manifest) -> tuple[Grid, dict[str, Any]]:
     # 3. The job: plain values, sent as they are to every worker.
     job = {"grid": grid.to_dict(), "sources": vars(sources), "prompt": prompt, "sampling": sampling.kwargs(),
            "seam": str(cfg.seam), "out_dir": str(Path(cfg.output_dir).resolve()),
-           "cfg": OmegaConf.to_container(cfg, resolve=True), "fault": OmegaConf.to_container(cfg.fault)}
+           "cfg": OmegaConf.to_container(cfg, resolve=True), "fault": OmegaConf.to_container(cfg.fault),
+           "software": versions()}
     return grid, job
 
 

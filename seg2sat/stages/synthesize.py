@@ -6,7 +6,8 @@
 3. dry run (`check=true`): tiles, edits, targets, estimated GPU-hours; nothing is generated;
 4. train (once, cached) the quality judge on `judge_data`'s real images, then render, judge and
    write every unfinished tile (`engine=local`, ranks of `accelerate launch`, or `engine=ray`);
-5. measure diversity; write the FLAIR metadata JSON, `synthesis.jsonl` and `report.json`.
+5. measure diversity; write the FLAIR metadata JSON, `synthesis.jsonl`, `report.json` and the
+   STAC Collection of the pairs' Items (`collection.json`).
 The tree reads back with `seg2sat prepare data_root=<output_dir>` like FLAIR.
 """
 
@@ -50,7 +51,7 @@ class SynthesizeResult:
     table: str = ""
 
 
-def _maps(spec: SynthesisSpec, tile: int, resolution: float) -> list[list[MaskItem]]:
+def _maps(spec: SynthesisSpec, tile: int, resolution: float | None) -> list[list[MaskItem]]:
     """Each source's maps (a prepared dataset used by two sources is read once)."""
     cache: dict[tuple[str, str, Any], list[MaskItem]] = {}
     out = []
@@ -86,8 +87,10 @@ def _prepare(cfg: DictConfig) -> tuple[SynthesisSpec, Sampling, list[list[MaskIt
     spec = SynthesisSpec.from_config(cfg)
     check_controlnet(cfg.model_path)
     sampling = Sampling.from_config(cfg.sampling, peek_model(str(cfg.model_path)))
-    find_prepared(cfg.judge_data)  # the quality judge's real images must exist
-    items = _maps(spec, sampling.tile, float(cfg.work_resolution or 0.2))
+    if cfg.judge_data:
+        find_prepared(cfg.judge_data)  # the quality judge's real images must exist
+    resolution = float(cfg.work_resolution) if cfg.work_resolution else None  # null: a raster's own grid
+    items = _maps(spec, sampling.tile, resolution)
     edited = [m.codes for i, s in enumerate(spec.sources) if s.kind == "edited" for m in items[i]]
     bank = ShapeBank.from_maps(edited, needed_shapes(t.code for t in spec.target.classes))
     check_reachable(spec, items, bank)
@@ -130,8 +133,11 @@ def run(cfg: DictConfig) -> SynthesizeResult:
         return result
     log.info("synthesize: %s", result.table.replace("\n", "; "))
     # 4. The judge once (cached), then the tiles.
-    OmegaConf.update(cfg, "judge_data", str(find_prepared(cfg.judge_data)))
-    load_or_train_judge(cfg.judge_data, JudgeConfig.from_config(cfg.judge))
+    if cfg.judge_data:
+        OmegaConf.update(cfg, "judge_data", str(find_prepared(cfg.judge_data)))
+        load_or_train_judge(cfg.judge_data, JudgeConfig.from_config(cfg.judge))
+    else:
+        log.warning("synthesize: judge_data is null, so every pair is kept unjudged (no quality bar, no diversity)")
     progress = Progress(len(todo), _fault_hook(cfg))
     renderer = None
     if cfg.engine == "ray":
@@ -145,7 +151,7 @@ def run(cfg: DictConfig) -> SynthesizeResult:
     # 5. Diversity, then the dataset's metadata, manifest and report.
     records = _records(out_dir, plans)
     diversity = None
-    if int(cfg.diversity.maps) > 0:
+    if int(cfg.diversity.maps) > 0 and cfg.judge_data:
         renderer = renderer or build_renderer(cfg, items, bank, spec.quality)
         accepted = [p for p, r in zip(plans, records, strict=True) if r["state"] == "accepted"]
         diversity = renderer.diversity(accepted[: int(cfg.diversity.maps)], int(cfg.diversity.seeds))

@@ -6,8 +6,9 @@
   readers take the tree as they take FLAIR;
 - `synthesis.jsonl`: one record per planned tile, accepted or dropped, in plan order;
 - `report.json`: class shares and tile counts of the sources' maps against what was made, each
-  target and how far it got, scores, drops, and the diversity measure.
-All three are rebuilt from the tiles' records, so a resumed run writes them whole again.
+  target and how far it got, scores, drops, and the diversity measure;
+- `collection.json`: the STAC Collection of the pairs' Items (written beside each image).
+All four are rebuilt from the tiles' records, so a resumed run writes them whole again.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from seg2sat.atomic import write_json, write_text
 from seg2sat.data.flair import METADATA_NAME
 from seg2sat.geo.raster import read_raster
+from seg2sat.geo.stac import item_path, write_collection
 from seg2sat.labels import BY_CODE
 from seg2sat.synthesis.plan import class_table
 from seg2sat.synthesis.spec import SynthesisSpec
@@ -73,12 +75,19 @@ def write_dataset(out_dir: Path, spec: SynthesisSpec, records: list[dict[str, An
     write_json(out_dir / METADATA_NAME, metadata(records, model))
     write_text(out_dir / MANIFEST, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     made = made_maps(out_dir, records)
-    scores = [r["score"] for r in records]
+    scores = [r["score"] for r in records if r["score"] is not None]
     report = {"tiles": len(records), "accepted": len(made), "dropped": sum(r["state"] == "dropped" for r in records),
               "retried": sum(r["attempts"] > 1 for r in records), "threshold": spec.quality.threshold,
-              "score": {"min": min(scores), "mean": round(float(np.mean(scores)), 4), "max": max(scores)},
+              "score": {"min": min(scores), "mean": round(float(np.mean(scores)), 4), "max": max(scores)}
+              if scores else None,  # None: unjudged (no judge_data)
               "targets": targets_report(spec, records, made),
               "classes": {"sources": class_table(real), "made": class_table(made)},
               "diversity": diversity, "model": model}
     write_json(out_dir / REPORT, report)
+    items = [item_path(out_dir / r["image"]) for r in records if r.get("image")]
+    if items:
+        write_collection(out_dir, items, title=f"Seg2Sat synthetic pairs ({len(items)})",
+                         description=f"Generated aerial images and their land-cover masks (FLAIR codes), made by "
+                                     f"{model} with `seg2sat synthesize`.", keywords=("synthetic", "training data",
+                                                                                    "aerial imagery", "land cover"))
     return report

@@ -17,6 +17,7 @@ from typing import Any
 from seg2sat.evaluation.judge import JudgeConfig, load_or_train_judge
 from seg2sat.generation.models import load_configured, process_state
 from seg2sat.generation.sampling import PromptSpec, Sampling
+from seg2sat.progress import report as report_progress
 from seg2sat.scale.engines import ray_actors, ray_init
 from seg2sat.synthesis.edit import ShapeBank
 from seg2sat.synthesis.plan import TilePlan
@@ -30,7 +31,9 @@ log = logging.getLogger(__name__)
 def build_renderer(cfg: Any, items: list[list[MaskItem]], bank: ShapeBank, quality: Quality) -> Renderer:
     """A worker's renderer: the configured model, the dataset's judge (trained already), the maps."""
     model = load_configured(cfg)
-    judge, _ = load_or_train_judge(str(cfg["judge_data"]), JudgeConfig.from_config(cfg["judge"]))
+    judge = None
+    if cfg["judge_data"]:
+        judge, _ = load_or_train_judge(str(cfg["judge_data"]), JudgeConfig.from_config(cfg["judge"]))
     return Renderer(model=model, judge=judge, items=items, bank=bank,
                     sampling=Sampling.from_config(cfg["sampling"], model),
                     prompt=PromptSpec.from_config(cfg["prompt"], model), quality=quality,
@@ -59,8 +62,10 @@ class Progress:
         self.done += 1
         rate = self.done / max(1e-9, time.perf_counter() - self.t0)
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        log.info("synthesize: %d/%d tiles (%s %s, score %.2f), %.2f tiles/s, ETA %.0f s", self.done, self.total,
-                 record["id"], record["state"], record["score"], rate, eta)
+        score = "unjudged" if record["score"] is None else f"score {record['score']:.2f}"
+        log.info("synthesize: %d/%d tiles (%s %s, %s), %.2f tiles/s, ETA %.0f s", self.done, self.total,
+                 record["id"], record["state"], score, rate, eta)
+        report_progress(self.done, self.total, f"{self.done}/{self.total} tiles")
         if self.callback is not None:
             self.callback(self.done, self.total)
 

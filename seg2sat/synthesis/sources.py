@@ -64,8 +64,8 @@ def prepared_items(spec: SourceSpec, tile: int) -> list[MaskItem]:
     return items
 
 
-def landcover_items(spec: SourceSpec, tile: int, resolution: float) -> list[MaskItem]:
-    """Tile-size patches of a land-cover raster or vector layer at the work resolution."""
+def landcover_items(spec: SourceSpec, tile: int, resolution: float | None) -> list[MaskItem]:
+    """Tile-size patches of a land-cover raster or vector layer at the work resolution (None: its own)."""
     lc = read_landcover(spec.path, legend=spec.legend, column=spec.column, vector_resolution=resolution,
                         unknown_to_other=True)
     lc = to_resolution(lc, resolution)
@@ -84,7 +84,7 @@ def landcover_items(spec: SourceSpec, tile: int, resolution: float) -> list[Mask
     return items
 
 
-def source_items(spec: SourceSpec, index: int, tile: int, resolution: float) -> list[MaskItem]:
+def source_items(spec: SourceSpec, index: int, tile: int, resolution: float | None) -> list[MaskItem]:
     """The maps of one source; an empty source is an error that names it."""
     items = (landcover_items(spec, tile, resolution) if spec.kind == "landcover"
              else prepared_items(spec, tile))

@@ -20,6 +20,7 @@ from seg2sat.errors import ConfigError
 from seg2sat.labels import BY_CODE, NAMES, code_of
 
 SOURCE_KINDS = ("prepared", "edited", "landcover")
+DEFAULT_SHARE = 0.05  # a class named without a value (`target.classes=[building, water]`)
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,18 @@ class Target:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> Target:
-        """From `target.n_tiles` and `target.classes` ({class name: share < 1 or tile count >= 1})."""
+        """From `target.n_tiles` and `target.classes`.
+
+        `classes`: {class name: share < 1 or tile count >= 1}, or a list of names, each a share of
+        `DEFAULT_SHARE`.
+        """
         n = int(cfg.get("n_tiles") or 0)
         if n < 1:
             raise ConfigError(f"target.n_tiles={cfg.get('n_tiles')}: must be >= 1")
-        classes = []
-        for name, value in dict(cfg.get("classes") or {}).items():
+        classes, wanted = [], cfg.get("classes") or {}
+        if not isinstance(wanted, Mapping):
+            wanted = dict.fromkeys((str(name) for name in wanted), DEFAULT_SHARE)
+        for name, value in dict(wanted).items():
             try:
                 code = code_of(str(name))
             except KeyError:

@@ -5,8 +5,11 @@ three uint8 bands R, G, B; `flair_labels_train/<domain>/<zone>/msk/MSK_<id>.tif`
 both on the map's grid (CRS and transform), each written atomically, then its record
 (`tiles/<id>.json`, written last: the completion mark a rerun skips on). A pair whose best
 re-segmented mIoU stays under the quality bar after its retries is dropped, and its record says
-so. Everything a tile does depends on its plan entry alone, so any number of workers writes the
-same bytes.
+so. Without a judge (`judge_data: null`, e.g. land cover of a place with no real images to
+train one on) every pair is kept unjudged (score null). The mask carries the FLAIR colour table,
+and each pair has a STAC Item beside its image (`IMG_<id>.stac.json`: the image, the mask as a
+`labels` asset, the model, map, prompt and seed). Everything a tile does depends on its plan
+entry alone, so any number of workers writes the same GeoTIFF bytes.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from seg2sat.atomic import write_json
 from seg2sat.data.synthetic import tile_paths
 from seg2sat.evaluation.judge import Judge
 from seg2sat.evaluation.scores import segmentation_scores
+from seg2sat.generation.files import versions
 from seg2sat.generation.models import LoadedModel
 from seg2sat.generation.sampling import PromptSpec, Sampling
 from seg2sat.generation.tiling import generate_image
 from seg2sat.geo.places import place_for
 from seg2sat.geo.raster import write_geotiff
+from seg2sat.geo.stac import AssetFile, Provenance, item_path, raster_item, write_item
+from seg2sat.geo.styles import colormap
 from seg2sat.labels import class_shares
 from seg2sat.prompts import caption_for
 from seg2sat.synthesis.edit import ShapeBank, edit_map
@@ -59,7 +65,7 @@ class Renderer:
     """What every worker holds: the model, the judge, the sources' maps and the shape bank."""
 
     model: LoadedModel
-    judge: Judge
+    judge: Judge | None  # None: pairs are kept unjudged
     items: list[list[MaskItem]]
     bank: ShapeBank
     sampling: Sampling
@@ -82,8 +88,10 @@ class Renderer:
         return caption_for(class_shares(codes, item.valid), template=self.prompt.template, place=place,
                            season=plan.season or False, style=plan.style or self.prompt.style)
 
-    def score(self, image: np.ndarray, codes: np.ndarray) -> float:
-        """The judge's re-segmented mIoU of an image against its own map."""
+    def score(self, image: np.ndarray, codes: np.ndarray) -> float | None:
+        """The judge's re-segmented mIoU of an image against its own map (None without a judge)."""
+        if self.judge is None:
+            return None
         return segmentation_scores([self.judge.classify(image)], [codes])["miou"]
 
     def render(self, codes: np.ndarray, prompt: str, seed: int) -> np.ndarray:
@@ -96,36 +104,48 @@ class Renderer:
         # 1. The map (edited if planned) and its prompt.
         item, codes, edits = self._map(plan)
         prompt = self._prompt(item, codes, plan)
-        # 2. Seeds in turn until one passes the bar (the best is kept).
-        best: tuple[float, int, np.ndarray] | None = None
+        # 2. Seeds in turn until one passes the bar (the best is kept; without a judge, the first).
+        best: tuple[float | None, int, np.ndarray] | None = None
         attempts = 0
         for k in range(1 + self.quality.retries):
             attempts += 1
             image = self.render(codes, prompt, plan.seed + k)
             score = self.score(image, codes)
-            if best is None or score > best[0]:
+            if best is None or (score is not None and score > best[0]):
                 best = (score, plan.seed + k, image)
-            if score >= self.quality.threshold:
+            if score is None or score >= self.quality.threshold:
                 break
         score, seed, image = best
-        accepted = score >= self.quality.threshold
-        # 3. The pair in FLAIR-1's layout, then the record.
+        accepted = score is None or score >= self.quality.threshold
+        # 3. The pair in FLAIR-1's layout and its STAC Item, then the record.
         domain, zone = item.meta.get("domain") or NO_DOMAIN, item.meta.get("zone") or "Z0_SY"
         record = {"id": plan.id, "index": plan.index, "state": "accepted" if accepted else "dropped",
-                  "score": round(score, 4), "seed": seed, "attempts": attempts, "prompt": prompt,
-                  "source": item.ref, "source_kind": "edited" if plan.edited else item.ref.split(":")[0],
+                  "score": None if score is None else round(score, 4), "seed": seed, "attempts": attempts,
+                  "prompt": prompt, "source": item.ref,
+                  "source_kind": "edited" if plan.edited else item.ref.split(":")[0],
                   "edits": edits, "domain": domain, "zone": zone, "date": item.meta.get("date"),
                   "style": plan.style, "season": plan.season, "crs": item.crs, "transform": list(item.transform)[:6],
                   "size": [int(codes.shape[1]), int(codes.shape[0])],
                   "shares": class_shares(codes, item.valid)}
         if accepted:
-            img, msk = tile_paths(self.out_dir, domain, zone, plan.id)
-            write_geotiff(msk, codes[None], item.crs, item.transform)
-            write_geotiff(img, np.moveaxis(image, -1, 0), item.crs, item.transform)
+            img, msk = self._write_pair(codes, image, item, record)
             record.update(image=str(img.relative_to(self.out_dir)), mask=str(msk.relative_to(self.out_dir)))
         record["seconds"] = round(time.perf_counter() - t0, 3)
         write_json(record_path(self.out_dir, plan.id), record)
         return record
+
+    def _write_pair(self, codes: np.ndarray, image: np.ndarray, item: MaskItem, record: dict[str, Any]
+                    ) -> tuple[Path, Path]:
+        """The mask (with its colour table), the image and the pair's STAC Item, each atomically."""
+        img, msk = tile_paths(self.out_dir, record["domain"], record["zone"], record["id"])
+        write_geotiff(msk, codes[None], item.crs, item.transform, colormap=colormap())
+        write_geotiff(img, np.moveaxis(image, -1, 0), item.crs, item.transform)
+        provenance = Provenance(model=str(self.model.source), landcover=item.ref, prompt=record["prompt"],
+                                seed=record["seed"], software=versions())
+        mask = AssetFile(msk, ("data", "labels"), "Land-cover mask (FLAIR codes)")
+        write_item(raster_item(img, provenance, item_id=f"IMG_{record['id']}", assets={"mask": mask}),
+                   item_path(img), collection_dir=self.out_dir)
+        return img, msk
 
     def diversity(self, plans: list[TilePlan], seeds: int = 3) -> dict[str, float]:
         """How different the renderings of one map are, next to renderings of different maps.

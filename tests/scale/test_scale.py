@@ -347,3 +347,27 @@ def test_two_ray_nodes_on_loopback(reference, lc_path, tmp_path):
             os.killpg(p.pid, signal.SIGTERM)
             p.wait(timeout=60)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_every_block_and_the_mosaic_have_valid_stac_items(reference, stac_errors):
+    result, (rgb, mask, crs, transform, shape) = reference
+    out = result.out_dir
+    collection = json.loads((out / "collection.json").read_text())
+    assert stac_errors(collection) == []
+    items = sorted(ln["href"] for ln in collection["links"] if ln["rel"] == "item")
+    assert items == ["./blocks/r00000_c00000.stac.json", "./blocks/r00000_c00001.stac.json",
+                     "./blocks/r00001_c00000.stac.json", "./blocks/r00001_c00001.stac.json", "./mosaic.stac.json"]
+    whole = json.loads((out / "mosaic.stac.json").read_text())
+    assert stac_errors(whole) == []
+    assert whole["properties"]["proj:shape"] == list(shape) and whole["properties"]["proj:transform"] == list(transform)[:6]
+    assert whole["assets"]["image"]["href"] == "./mosaic.vrt" and whole["assets"]["gti"]["href"] == "./mosaic.gti.gpkg"
+    assert collection["extent"]["spatial"]["bbox"] == [whole["bbox"]]
+    block = json.loads((out / "blocks" / "r00001_c00000.stac.json").read_text())
+    assert stac_errors(block) == []
+    assert block["properties"]["proj:transform"] == [0.2, 0.0, 256.0, 0.0, -0.2, 6_000_000.0 - 128 * 0.2]
+    assert block["properties"]["seg2sat:model"] == "tiny-random" and block["properties"]["seg2sat:seed"] == 0
+    assert block["assets"]["image"]["href"] == "./r00001_c00000.tif" and block["collection"] == "seg2sat-out"
+    assert {ln["href"] for ln in block["links"]} == {"../collection.json"}
+    # written before the sidecar, the block's completion mark
+    side = out / "blocks" / "r00001_c00000.tif.json"
+    assert (out / "blocks" / "r00001_c00000.stac.json").stat().st_mtime_ns <= side.stat().st_mtime_ns

@@ -123,3 +123,70 @@ def test_export_plain_controlnet_with_its_base(trained_run, stage_cfg, tmp_path)
     a, b = load_pipeline(plain.model_dir).controlnet, load_pipeline(first.model_dir).controlnet
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), name
+
+
+FIDELITY = {"num_images": 4, "sampling": {"steps": 2}, "fidelity_ratio": 0.5,
+            "generated": {"miou": 0.3, "pixel_accuracy": 0.6}, "real_images": {"miou": 0.6, "pixel_accuracy": 0.8}}
+
+
+def test_card_is_hub_ready_and_the_model_has_a_stac_mlm_item(trained_run, stage_cfg, tmp_path, stac_errors):
+    from huggingface_hub import ModelCard
+
+    from seg2sat.training.export import record_fidelity
+
+    out = tmp_path / "models" / "m"
+    export.run(stage_cfg("export", f"run_dir={trained_run.run_dir}", f"output_dir={out}", "card.tags=[france]"))
+    card = ModelCard.load(out / "README.md")  # the hub's own parser
+    data = card.data.to_dict()
+    assert data["license"] == "mit"  # the tiny preset's base is ours (conf/model/tiny.yaml)
+    assert data["library_name"] == "diffusers" and data["pipeline_tag"] == "image-to-image"
+    assert {"controlnet", "remote-sensing", "land-cover", "france"} <= set(data["tags"])
+    assert data["datasets"] == ["IGNF/FLAIR"] and "base_model" not in data  # "base" is a folder, not a hub id
+    assert "model-index" not in data and "Not measured" in card.text
+    # scores measured later land in the model-index, parsed back as eval results
+    record_fidelity(out, FIDELITY)
+    card = ModelCard.load(out / "README.md")
+    scores = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert scores == {"mean_iou": 0.3, "accuracy": 0.6, "fidelity_ratio": 0.5}
+    assert {r.dataset_type for r in card.data.eval_results} == {"IGNF/FLAIR"}
+    assert "**Fidelity ratio (generated / real): 0.50**" in card.text
+    item = json.loads((out / "model.stac.json").read_text())
+    assert stac_errors(item) == []
+    from safetensors.torch import load_file
+
+    weights = load_file(str(out / "controlnet" / "diffusion_pytorch_model.safetensors"))
+    p = item["properties"]
+    assert p["mlm:total_parameters"] == sum(t.numel() for t in weights.values())
+    assert p["mlm:tasks"] == ["generative"] and p["mlm:input"][0]["input"]["shape"] == [-1, 3, 64, 64]
+    assert item["assets"]["weights"]["href"] == "./controlnet/diffusion_pytorch_model.safetensors"
+    assert "mlm:model" in item["assets"]["weights"]["roles"]
+
+
+def test_a_plain_controlnet_with_a_hub_base_names_it(trained_run, stage_cfg, tmp_path):
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "plain"
+    export.run(stage_cfg("export", f"controlnet_dir={trained_run.checkpoints[-1] / 'controlnet'}",
+                         "base_model=stabilityai/stable-diffusion-2-1-base", f"output_dir={out}",
+                         "card.license=openrail++"))
+    data = ModelCard.load(out / "README.md").data.to_dict()
+    assert data["base_model"] == "stabilityai/stable-diffusion-2-1-base" and data["license"] == "openrail++"
+
+
+def test_push_dry_run_lists_exactly_the_files_and_offline_push_is_one_line(trained_run, stage_cfg, tmp_path,
+                                                                            capsys, monkeypatch):
+    out = tmp_path / "m"
+    export.run(stage_cfg("export", f"run_dir={trained_run.run_dir}", f"output_dir={out}"))
+    (out / ".tmp-1234-x").write_text("a killed write")  # never sent
+    result = export.run(stage_cfg("export", f"output_dir={out}", "push_to_hub=true", "repo_id=me/seg2sat-m",
+                                  "check=true"))
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and ".tmp-" not in p.name)
+    assert result.hub_files == on_disk and "README.md" in on_disk and "model.stac.json" in on_disk
+    printed = capsys.readouterr().out
+    assert f"would upload {len(on_disk)} files" in printed and "me/seg2sat-m" in printed
+    assert all(f"  {name}  " in printed for name in on_disk)
+    with pytest.raises(Exception, match="repo_id=None: push_to_hub needs repo_id"):
+        export.run(stage_cfg("export", f"output_dir={out}", "push_to_hub=true", "check=true"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="upload to me/seg2sat-m failed"):
+        export.run(stage_cfg("export", f"output_dir={out}", "push_to_hub=true", "repo_id=me/seg2sat-m"))

@@ -297,3 +297,28 @@ def test_a_model_is_prompted_with_the_caption_template_it_was_trained_with(stage
     # an explicit template in the config still wins
     assert make_prompt(codes[0], stage_cfg("app", f"model_path={model}", "prompt.template='{classes}'"),
                        model=load_model(model)) == "coniferous, water"
+
+
+def test_every_output_has_a_valid_stac_item_and_the_run_a_collection(infer_cfg, tmp_path, stac_errors):
+    codes = np.full((64, 96), 6, np.uint8)
+    codes[:, 50:] = 11
+    maps = tmp_path / "maps"
+    for name, origin in (("a", 1000.0), ("b", 2000.0)):
+        write_geotiff(maps / f"{name}.tif", codes[None], FLAIR_CRS, Affine(0.2, 0, origin, 0, -0.2, 6_800_000.0))
+    infer.run(infer_cfg(maps, "preview=true", "sampling.seed=7"))
+    out = tmp_path / "out"
+    item = json.loads((out / "a.stac.json").read_text())
+    assert stac_errors(item) == []
+    with rasterio.open(out / "a.tif") as src:
+        assert item["properties"]["proj:code"] == "EPSG:2154" and item["properties"]["proj:shape"] == [src.height, src.width]
+        assert item["properties"]["proj:transform"] == list(src.transform)[:6]
+    sidecar = json.loads((out / "a.tif.json").read_text())
+    p = item["properties"]
+    assert p["seg2sat:generated"] is True and p["seg2sat:model"] == "tiny-random" and p["seg2sat:seed"] == 7
+    assert p["seg2sat:landcover"] == str(maps / "a.tif") and p["seg2sat:prompt"] == sidecar["prompt"]
+    assert p["processing:software"]["diffusers"] == sidecar["versions"]["diffusers"]
+    assert {k: v["href"] for k, v in item["assets"].items()} == {
+        "image": "./a.tif", "metadata": "./a.tif.json", "preview": "./a_preview.png"}
+    collection = json.loads((out / "collection.json").read_text())
+    assert stac_errors(collection) == []
+    assert sorted(ln["href"] for ln in collection["links"] if ln["rel"] == "item") == ["./a.stac.json", "./b.stac.json"]

@@ -15,6 +15,8 @@ import rasterio
 from seg2sat.config import compose
 from seg2sat.data.flair import METADATA_NAME
 from seg2sat.errors import ConfigError, DatasetError, ModelError
+from seg2sat.geo.stac import item_path
+from seg2sat.geo.styles import colormap
 from seg2sat.labels import code_of
 from seg2sat.stages import export, prepare, synthesize, train
 
@@ -55,6 +57,14 @@ def test_a_flair_layout_that_prepare_reads_back(model, prepared_tiny, tmp_path):
             assert a.count == 3 and a.dtypes[0] == "uint8" and b.count == 1
             assert a.crs == b.crs and a.crs.to_epsg() == 2154 and a.transform == b.transform
             assert a.shape == b.shape == (64, 64)
+            assert b.colormap(1)[code_of("greenhouse")] == colormap()[code_of("greenhouse")]
+        item = json.loads(item_path(img).read_text())  # a STAC Item per pair: image, mask, provenance
+        assert item["id"] == img.stem and item["collection"] == f"seg2sat-{out.name}"
+        assert item["assets"]["mask"]["roles"] == ["data", "labels"] and item["assets"]["mask"]["href"].endswith(
+            msk.name) and item["properties"]["seg2sat:model"] == str(model)
+    links = json.loads((out / "collection.json").read_text())["links"]
+    assert sorted(ln["href"].rsplit("/", 1)[1] for ln in links if ln["rel"] == "item") == sorted(
+        item_path(i).name for i in imgs)
     # 2. FLAIR's metadata JSON, declaring the bands, with score, seed and source
     meta = json.loads((out / METADATA_NAME).read_text())
     first = meta[f"IMG_{result.plans[0].id}"]
@@ -187,3 +197,18 @@ def test_land_cover_of_another_product_cut_into_patches(model, prepared_tiny, ge
                 row, col = (int(v) for v in r["source"].rsplit(":", 1)[1].split(","))
                 assert img.transform.c == pytest.approx(ref.transform.c + col * 28.5, abs=1e-3)
                 assert img.transform.f == pytest.approx(ref.transform.f - row * 28.5, abs=1e-3)
+
+
+def test_without_a_judge_every_pair_is_kept_unjudged(model, prepared_tiny, geo_samples, tmp_path):
+    """judge_data=null (land cover with no real images): the first seed of every tile, no score."""
+    src = geo_samples / "strata.tif"
+    args = ["target.n_tiles=2", "work_resolution=null", "diversity.maps=2",
+            f"sources=[{{kind: landcover, path: {src}, legend: nc_landsat96}}]"]
+    judged = synthesize.run(_cfg(tmp_path / "judged", model, prepared_tiny, *args))
+    unjudged = synthesize.run(_cfg(tmp_path / "unjudged", model, prepared_tiny, *args, "judge_data=null"))
+    assert unjudged.report["accepted"] == 2 and unjudged.report["score"] is None
+    assert unjudged.report["diversity"] is None and judged.report["diversity"]["maps"] == 2
+    assert judged.report["score"]["min"] >= 0.0  # threshold 0: the judged run also keeps its first seeds
+    assert _bytes(tmp_path / "unjudged") == _bytes(tmp_path / "judged")
+    with rasterio.open(next((tmp_path / "unjudged").rglob("IMG_*.tif"))) as img, rasterio.open(src) as ref:
+        assert img.res == ref.res and img.crs == ref.crs  # work_resolution=null: the raster's own grid
