@@ -5,8 +5,8 @@ The protocol (docs/synthetic.md):
    three domains) is the "real" set; the held-out real tiles of another domain (24) are the test.
 2. Two scales: 16 real tiles (a seeded subset of the training split) and all 72. At each scale
    the generator is trained on exactly those real tiles (the 72-tile one is the demo's model; the
-   16-tile one is trained here with the demo's recipe on the 16 tiles alone), so nothing of the
-   test domain or of other tiles leaks in.
+   16-tile one is trained here with the demo's recipe, reward phase included, on the 16 tiles
+   alone), so nothing of the test domain or of other tiles leaks in.
 3. Synthesis: `seg2sat synthesize` from those real maps (re-rendered and edited, with targets for
    the rare classes: greenhouse, swimming pool), filtered by the judge; 4x the real count, the
    1x and 2x sets being its first tiles in plan order.
@@ -53,6 +53,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=0.3, help="the synthesis quality bar")
     p.add_argument("--targets", default="{greenhouse: 0.03, swimming pool: 0.01}")
     p.add_argument("--spare", type=float, default=1.25, help="tiles planned per tile needed (some are dropped)")
+    p.add_argument("--no-ablations", action="store_true", help="skip the unfiltered / no-edits syntheses")
     p.add_argument("--plot", default=None)
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args()
@@ -74,21 +75,28 @@ def subset_prepared(prepared: Path, dest: Path, n: int, seed: int = 0) -> Path:
 
 
 def generator_for(prepared: Path, work: Path) -> Path:
-    """The demo's recipe, trained on `prepared`'s training tiles alone, exported (kept between runs)."""
+    """The demo's recipe (plain, then its reward phase), trained on `prepared`'s training tiles alone, exported.
+
+    Kept between runs. The reward segmenter is trained on the same tiles (its `prepared_dir`).
+    """
+    from omegaconf import OmegaConf
+
     from seg2sat.generation.models import EMBEDDED_TINY_BASE
     from seg2sat.stages import evaluate, export, train
+    from seg2sat.training.checkpoint import list_checkpoints
 
     model = work / "model"
     if (model / "seg2sat.json").exists():
         return model
-    paths = [f"paths.root_dir={work}"]
-    run = train.run(compose("train", [*paths, "experiment=demo", "model=tiny", f"model.pretrained_dir={EMBEDDED_TINY_BASE}",
-                                      f"prepared_dir={prepared}", f"run_dir={work / 'run'}", "resume=latest",
-                                      "validation_steps=0"]))
-    demo = compose("demo")
+    paths, demo = [f"paths.root_dir={work}"], compose("demo")
+    common = [*paths, "model=tiny", f"model.pretrained_dir={EMBEDDED_TINY_BASE}", f"prepared_dir={prepared}",
+              "resume=latest", "validation_steps=0"]
+    run = train.run(compose("train", [*common, f"experiment={demo.experiment}", f"run_dir={work / 'run'}"]))
+    if demo.get("reward_experiment"):
+        init = list_checkpoints(run.run_dir)[-1] / "controlnet"
+        run = train.run(compose("train", [*common, f"experiment={demo.reward_experiment}",
+                                          f"model.controlnet_init={init}", f"run_dir={work / 'reward_run'}"]))
     ex = compose("export", [*paths, f"run_dir={run.run_dir}", f"output_dir={model}", "overwrite=true"])
-    from omegaconf import OmegaConf
-
     OmegaConf.update(ex, "sampling", OmegaConf.to_container(demo.sampling))
     export.run(ex)
     evaluate.run(compose("evaluate", [*paths, f"model_path={model}", f"data_dir={prepared}",
@@ -96,14 +104,33 @@ def generator_for(prepared: Path, work: Path) -> Path:
     return model
 
 
-def synthesize_set(model: Path, prepared: Path, out: Path, n: int, args: argparse.Namespace) -> dict:
-    """`seg2sat synthesize` of n tiles from `prepared`'s training maps, filtered by its judge."""
+def synthesize_set(model: Path, prepared: Path, out: Path, n: int, args: argparse.Namespace, *extra: str) -> dict:
+    """`seg2sat synthesize` of n tiles from `prepared`'s training maps, filtered by its judge (`extra` last)."""
     from seg2sat.stages import synthesize
 
     cfg = compose("synthesize", [f"paths.root_dir={out.parent}", f"paths.prepared_dir={prepared}",
                                  f"model_path={model}", f"output_dir={out}", f"target.n_tiles={n}",
-                                 f"target.classes={args.targets}", f"quality.threshold={args.threshold}"])
+                                 f"target.classes={args.targets}", f"quality.threshold={args.threshold}", *extra])
     return synthesize.run(cfg).report
+
+
+# What helped (at the small scale, real + 2x generated): the same synthesis without the filter,
+# and with the prepared maps only (no edits, no class targets).
+ABLATIONS = {"unfiltered": ["quality.threshold=0.0"],
+             "no_edits": ["target.classes=null", "sources=[{kind: prepared, path: ${paths.prepared_dir}}]"]}
+
+
+def ablations(model: Path, src: Path, work: Path, real: tuple[np.ndarray, np.ndarray],
+              test: tuple[np.ndarray, np.ndarray], args: argparse.Namespace) -> tuple[dict, dict]:
+    """Real + 2x generated for each ablation's synthesis; (scores by arm, synthesis reports)."""
+    n, scores, reports = len(real[0]), {}, {}
+    for name, extra in ABLATIONS.items():
+        out = work / f"synthetic_{name}"
+        reports[name] = synthesize_set(model, src, out, int(np.ceil(2 * n * args.spare)), args, *extra)
+        synth = synthetic_arrays(out, 2 * n)
+        arm = (np.concatenate([real[0], synth[0]]), np.concatenate([real[1], synth[1]]))
+        scores[f"real+gen2x {name}"] = arm_scores(f"{n} real+gen2x {name}", arm, test, args)
+    return scores, reports
 
 
 def synthetic_arrays(out: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -137,17 +164,30 @@ def run_scale(name: str, real: tuple[np.ndarray, np.ndarray], synth: tuple[np.nd
         arms[f"real+gen{k}x"] = (np.concatenate([real[0], synth[0][: k * n]]), np.concatenate([real[1], synth[1][: k * n]]))
     arms["gen1x"] = (synth[0][:n], synth[1][:n])
     arms["gen4x"] = (synth[0][: 4 * n], synth[1][: 4 * n])
-    out = {}
-    for arm, (x, y) in arms.items():
-        runs = [segmenter_scores(x, y, test, seed, args.seg_steps) for seed in range(args.seeds)]
-        mious = [r["miou"] for r in runs]
-        classes = sorted({c for r in runs for c in r["per_class_iou"]})
-        out[arm] = {"tiles": len(x), "miou_mean": float(np.mean(mious)), "miou_std": float(np.std(mious)),
-                    "miou_runs": mious, "per_class_iou": {c: float(np.mean([r["per_class_iou"].get(c, 0.0) for r in runs]))
-                                                           for c in classes}}
-        print(f"{name} {arm}: mIoU {out[arm]['miou_mean']:.3f} ± {out[arm]['miou_std']:.3f} "
-              f"({len(x)} tiles); rare {[round(out[arm]['per_class_iou'].get(c, 0.0), 3) for c in RARE]}", flush=True)
+    return {arm: arm_scores(f"{name} {arm}", xy, test, args) for arm, xy in arms.items()}
+
+
+def arm_scores(label: str, arm: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+               args: argparse.Namespace) -> dict:
+    """The segmenter trained on one arm with `args.seeds` seeds: mIoU mean, spread, per-class IoU."""
+    x, y = arm
+    runs = [segmenter_scores(x, y, test, seed, args.seg_steps) for seed in range(args.seeds)]
+    mious = [r["miou"] for r in runs]
+    classes = sorted({c for r in runs for c in r["per_class_iou"]})
+    out = {"tiles": len(x), "miou_mean": float(np.mean(mious)), "miou_std": float(np.std(mious)), "miou_runs": mious,
+           "per_class_iou": {c: float(np.mean([r["per_class_iou"].get(c, 0.0) for r in runs])) for c in classes}}
+    print(f"{label}: mIoU {out['miou_mean']:.3f} ± {out['miou_std']:.3f} ({len(x)} tiles); rare "
+          f"{[round(out['per_class_iou'].get(c, 0.0), 3) for c in RARE]}", flush=True)
     return out
+
+
+def _colour(arm: str) -> str:
+    """Real only grey, real + generated blue (ablations lighter), generated only orange."""
+    if arm == "real":
+        return "#777777"
+    if arm.startswith("gen"):
+        return "#d9822b"
+    return "#9ec3db" if " " in arm else "#3a7ca5"
 
 
 def plot(record: dict, path: str) -> None:
@@ -160,7 +200,7 @@ def plot(record: dict, path: str) -> None:
     for ax, (scale, arms) in zip(axes, record["scales"].items(), strict=True):
         names = list(arms)
         ax.bar(range(len(names)), [arms[a]["miou_mean"] for a in names], yerr=[arms[a]["miou_std"] for a in names],
-               color=["#777777"] + ["#3a7ca5"] * 3 + ["#d9822b"] * 2, capsize=3)
+               color=[_colour(a) for a in names], capsize=3)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{scale} real tiles", fontsize=10)
     axes[0].set_ylabel("mIoU on the held-out domain")
@@ -187,6 +227,10 @@ def main() -> None:
         synth = synthetic_arrays(out, 4 * len(real_images))
         # 4-5. The segmenter on each arm, scored on the held-out domain.
         scales[f"{len(real_images)}"] = run_scale(name, (real_images, real_codes), synth, test, args)
+        if n is not None and not args.no_ablations:
+            more, reports = ablations(model, src, work, (real_images, real_codes), test, args)
+            scales[f"{len(real_images)}"].update(more)
+            synth_reports.update({f"{name}_{k}": v for k, v in reports.items()})
     record = {"benchmark": "synthetic", "scales": scales, "synthesis": synth_reports, "rare": list(RARE),
               "segmenter": {"kind": "atrous", "widths": [24, 48], "steps": args.seg_steps, "seeds": args.seeds},
               "threshold": args.threshold, "targets": args.targets, "seconds": round(time.perf_counter() - t0),
