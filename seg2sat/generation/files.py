@@ -12,6 +12,7 @@ Every setting arrives typed in a `FileJob`, built from the config in one place.
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 from dataclasses import dataclass
@@ -23,17 +24,24 @@ from affine import Affine
 from PIL import Image
 from rasterio.windows import Window as RioWindow
 
-from seg2sat.atomic import atomic_path
+from seg2sat.atomic import atomic_path, sha256_of, write_json
 from seg2sat.errors import RasterError
 from seg2sat.generation.models import LoadedModel
 from seg2sat.generation.sampling import PromptSpec, Sampling
 from seg2sat.generation.tiling import generate_tiled, pad_to_tile, regional_edit, windows_for
 from seg2sat.geo.landcover import InputOptions, LandCover, nearest_resize, read_landcover
 from seg2sat.geo.legends import Legend, load_legend, resolve_legend
-from seg2sat.geo.raster import RasterData, is_plain_image, open_geotiff_writer, read_image
+from seg2sat.geo.raster import (
+    RasterData,
+    geotiff_bytes,
+    is_plain_image,
+    open_geotiff_writer,
+    read_image,
+)
 from seg2sat.labels import class_shares
 
 SIDECAR_SUFFIX = ".json"
+SIDECAR_BYTES = 4096  # a sidecar JSON, rounded up
 
 
 @dataclass(frozen=True)
@@ -97,8 +105,36 @@ def output_paths(out_dir: Path, src: Path) -> dict[str, Path]:
 
 
 def is_finished(paths: dict[str, Path]) -> bool:
-    """An output is finished when its GeoTIFF and its sidecar (written last) exist."""
-    return paths["tif"].exists() and paths["json"].exists()
+    """An output is finished when its sidecar (written last) reads whole and its checksums match.
+
+    A sidecar that is missing, truncated, or whose GeoTIFF (or preview) was changed since means
+    the output is redone. Sidecars written before checksums existed only need their GeoTIFF.
+    """
+    if not (paths["tif"].exists() and paths["json"].exists()):
+        return False
+    try:
+        record = json.loads(paths["json"].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict):
+        return False
+    sums = record.get("sha256", {})
+    if not isinstance(sums, dict):
+        return False
+    return all(key in paths and paths[key].is_file() and sha256_of(paths[key]) == sha for key, sha in sums.items())
+
+
+def write_sidecar(paths: dict[str, Path], record: dict[str, Any]) -> Path:
+    """The sidecar JSON, last: the checksums of what was written, fsynced (it marks the output finished)."""
+    sums = {key: sha256_of(paths[key]) for key in ("tif", "preview") if paths[key].is_file()}
+    return write_json(paths["json"], {**record, "sha256": sums}, durable=True)
+
+
+def output_bytes(width: int, height: int, output: OutputSpec) -> int:
+    """About what one output takes on disk before compression: GeoTIFF, mask, overviews, preview, sidecar."""
+    scale = min(1.0, output.preview_size / max(width, height)) if output.preview else 0.0
+    preview = round(width * scale) * round(height * scale) * 3
+    return geotiff_bytes(width, height, 3, "uint8", output.cog) + preview + SIDECAR_BYTES
 
 
 def output_grid(lc: LandCover, resolution: float | None) -> tuple[int, int, Affine, float]:
@@ -136,7 +172,7 @@ def write_preview(tif: Path, dest: Path, size: int) -> Path:
         scale = min(1.0, size / max(src.width, src.height))
         shape = (3, max(1, round(src.height * scale)), max(1, round(src.width * scale)))
         rgb = src.read([1, 2, 3], out_shape=shape, resampling=rasterio.enums.Resampling.average)
-    with atomic_path(dest) as tmp:
+    with atomic_path(dest, needed=rgb.size) as tmp:
         Image.fromarray(np.moveaxis(rgb, 0, -1)).save(tmp, format="PNG")
     return dest
 
@@ -163,6 +199,7 @@ class InputCheck:
     classes: list[str]
     windows: int
     legend: str | None
+    output_bytes: int = 0  # about what its outputs take on disk (uncompressed)
 
 
 def check_input(job: FileJob, src: Path) -> InputCheck:
@@ -172,13 +209,15 @@ def check_input(job: FileJob, src: Path) -> InputCheck:
     """
     legend = resolve_legend(src, job.legend)
     lc, work = job.inputs.read(src, legend)
-    if job.edit.image:
-        read_edit_image(job.edit.image, job.inputs.crs)
     padded = pad_to_tile(work.codes, job.sampling.tile)
     width, height, _, _ = output_grid(lc, job.output.resolution)
+    written = output_bytes(width, height, job.output)
+    if job.edit.image:  # the edited image is written on its own grid
+        image = read_edit_image(job.edit.image, job.inputs.crs)
+        written = output_bytes(image.width, image.height, job.output)
     return InputCheck(input=src, size=(width, height), crs=str(lc.crs) if lc.crs else None,
                       resolution=work.resolution, classes=list(class_shares(work.codes, work.valid)),
-                      legend=legend.name if legend else None,
+                      legend=legend.name if legend else None, output_bytes=written,
                       windows=len(windows_for(*padded.shape, job.sampling.tile, job.sampling.overlap)))
 
 

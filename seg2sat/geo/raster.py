@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,34 +268,101 @@ def _add_overviews(dst: Any, min_size: int = 256) -> None:
         dst.update_tags(ns="rio_overview", resampling="average")
 
 
-def write_geotiff(
-    path: str | Path,
-    array: np.ndarray,
-    crs: CRS | str | None,
-    transform: Affine,
-    nodata: float | int | None = None,
-    cog: bool = False,
-    compress: str = "deflate",
-    tags: dict[str, str] | None = None,
-) -> Path:
-    """Write (bands, H, W) or (H, W) as a GeoTIFF, atomically; `cog` adds overviews."""
+def geotiff_bytes(width: int, height: int, count: int, dtype: str | np.dtype, cog: bool = False,
+                  mask: bool = True) -> int:
+    """About how many bytes a GeoTIFF takes before compression: bands, mask, overviews (an upper bound)."""
+    pixels = width * height
+    size = pixels * (count * np.dtype(dtype).itemsize + (1 if mask else 0))
+    return size * 4 // 3 if cog else size
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking a written GeoTIFF (libtiff may run out of space on close without GDAL raising)
+# ---------------------------------------------------------------------------------------------
+
+_TIFF_TYPES = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8: the types of offsets and byte counts
+_TIFF_BLOCK_TAGS = ((273, 279), (324, 325))  # (StripOffsets, StripByteCounts), (TileOffsets, TileByteCounts)
+
+
+def _tiff_values(fh: Any, end: str, big: bool, entry: bytes) -> list[int]:
+    """The integers of one IFD entry (inline, or at the offset it points to)."""
+    kind, count = struct.unpack(end + ("HQ" if big else "HI"), entry[2:12 if big else 8])[0:2]
+    if kind not in _TIFF_TYPES or count > 1 << 24:
+        raise ValueError(f"unexpected type {kind} or count {count} for block offsets")
+    fmt = end + _TIFF_TYPES[kind] * count
+    size, inline = struct.calcsize(fmt), entry[12:20] if big else entry[8:12]
+    if size <= len(inline):
+        return list(struct.unpack(fmt, inline[:size]))
+    fh.seek(struct.unpack(end + ("Q" if big else "I"), inline)[0])
+    data = fh.read(size)
+    if len(data) != size:
+        raise ValueError("block offsets past the end of the file")
+    return list(struct.unpack(fmt, data))
+
+
+def _tiff_ifd_blocks(fh: Any, end: str, big: bool, offset: int) -> tuple[list[tuple[int, int]], int]:
+    """The (offset, byte count) of every block of the IFD at `offset`, and the next IFD's offset."""
+    fh.seek(offset)
+    head = fh.read(8 if big else 2)
+    n = struct.unpack(end + ("Q" if big else "H"), head)[0]
+    width = 20 if big else 12
+    raw = fh.read(n * width + (8 if big else 4))
+    if len(head) < (8 if big else 2) or len(raw) != n * width + (8 if big else 4) or n > 4096:
+        raise ValueError(f"directory at byte {offset} is cut short")
+    entries = {struct.unpack(end + "H", raw[i:i + 2])[0]: raw[i:i + width] for i in range(0, n * width, width)}
+    blocks: list[tuple[int, int]] = []
+    for offsets_tag, counts_tag in _TIFF_BLOCK_TAGS:
+        if offsets_tag in entries and counts_tag in entries:
+            blocks += zip(_tiff_values(fh, end, big, entries[offsets_tag]),
+                          _tiff_values(fh, end, big, entries[counts_tag]), strict=True)
+    return blocks, struct.unpack(end + ("Q" if big else "I"), raw[-(8 if big else 4):])[0]
+
+
+def check_tiff_blocks(path: str | Path) -> None:
+    """Refuse a TIFF whose directories or blocks (every level, masks included) lie past its end.
+
+    Raises:
+        RasterError: not a TIFF, a directory cut short, or a block beyond the end of the file.
+    """
     path = Path(path)
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3 or array.shape[1] == 0 or array.shape[2] == 0:
-        raise RasterError(f"{path}: cannot write an array of shape {array.shape}")
-    if transform is None:
-        raise GeoreferenceError(f"{path}: refusing to write a GeoTIFF without a transform")
-    profile = geotiff_profile(array.shape[2], array.shape[1], array.shape[0], array.dtype,
-                              crs, transform, nodata, compress=compress)
-    with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(array)
-            if tags:
-                dst.update_tags(**tags)
-            if cog:
-                _add_overviews(dst)
-    return path
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+            end = {b"II": "<", b"MM": ">"}.get(head[:2])
+            if end is None or len(head) < 8:
+                raise ValueError("not a TIFF header")
+            big = struct.unpack(end + "H", head[2:4])[0] == 43
+            offset = struct.unpack(end + "Q", head[8:16])[0] if big else struct.unpack(end + "I", head[4:8])[0]
+            seen: set[int] = set()
+            while offset:
+                if offset in seen or offset >= size or len(seen) > 4096:
+                    raise ValueError(f"directory at byte {offset} of a {size}-byte file")
+                seen.add(offset)
+                blocks, offset = _tiff_ifd_blocks(fh, end, big, offset)
+                cut = [o + n for o, n in blocks if n and o + n > size]
+                if cut:
+                    raise ValueError(f"a block ends at byte {max(cut)} of a {size}-byte file")
+    except (ValueError, struct.error) as exc:
+        raise RasterError(f"{path}: truncated or corrupt TIFF: {exc}") from exc
+
+
+def check_geotiff(path: str | Path, width: int, height: int, count: int) -> None:
+    """A written GeoTIFF is whole: every block within the file, and it opens with the size and bands written.
+
+    Raises:
+        RasterError: naming the file and what is wrong.
+    """
+    check_tiff_blocks(path)
+    with _open(path) as src:
+        if (src.width, src.height, src.count) != (width, height, count):
+            raise RasterError(f"{path}: reads as {src.width}x{src.height}x{src.count}, "
+                              f"{width}x{height}x{count} was written")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing (one checked path: whole arrays and windows alike)
+# ---------------------------------------------------------------------------------------------
 
 
 class GeoTiffWriter:
@@ -313,10 +381,53 @@ class GeoTiffWriter:
         """Write the dataset mask (255 valid, 0 nodata) at `window`."""
         self._dst.write_mask(mask, window=window)
 
+    def tag(self, tags: dict[str, str] | None) -> None:
+        """Set dataset tags."""
+        if tags:
+            self._dst.update_tags(**tags)
+
     def finish(self) -> None:
         """Add overviews if asked."""
         if self._cog:
             _add_overviews(self._dst)
+
+
+@contextlib.contextmanager
+def _geotiff_writer(path: Path, profile: dict[str, Any], cog: bool) -> Iterator[GeoTiffWriter]:
+    """The one write path: temp file, checked whole before the rename, a failed write one `WriteError`."""
+    width, height, count = profile["width"], profile["height"], profile["count"]
+    needed = geotiff_bytes(width, height, count, profile["dtype"], cog)
+    with atomic_path(path, needed=needed, check=lambda tmp: check_geotiff(tmp, width, height, count)) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            writer = GeoTiffWriter(dst, tmp, path, cog)
+            yield writer
+            writer.finish()
+
+
+def write_geotiff(
+    path: str | Path,
+    array: np.ndarray,
+    crs: CRS | str | None,
+    transform: Affine,
+    nodata: float | int | None = None,
+    cog: bool = False,
+    compress: str = "deflate",
+    tags: dict[str, str] | None = None,
+) -> Path:
+    """Write (bands, H, W) or (H, W) as a GeoTIFF, atomically and checked; `cog` adds overviews."""
+    path = Path(path)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[1] == 0 or array.shape[2] == 0:
+        raise RasterError(f"{path}: cannot write an array of shape {array.shape}")
+    if transform is None:
+        raise GeoreferenceError(f"{path}: refusing to write a GeoTIFF without a transform")
+    profile = geotiff_profile(array.shape[2], array.shape[1], array.shape[0], array.dtype,
+                              crs, transform, nodata, compress=compress)
+    with _geotiff_writer(path, profile, cog) as writer:
+        writer.write(array, Window(0, 0, array.shape[2], array.shape[1]))
+        writer.tag(tags)
+    return path
 
 
 @contextlib.contextmanager
@@ -333,13 +444,8 @@ def open_geotiff_writer(
     compress: str = "deflate",
     tags: dict[str, str] | None = None,
 ) -> Iterator[GeoTiffWriter]:
-    """Yield a windowed writer to a temp file; renamed to `path` only if the block succeeds."""
-    path = Path(path)
+    """Yield a windowed writer to a temp file; renamed to `path` only if the block succeeds and the file is whole."""
     profile = geotiff_profile(width, height, count, dtype, crs, transform, nodata, compress=compress)
-    with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            writer = GeoTiffWriter(dst, tmp, path, cog)
-            if tags:
-                dst.update_tags(**tags)
-            yield writer
-            writer.finish()
+    with _geotiff_writer(Path(path), profile, cog) as writer:
+        writer.tag(tags)
+        yield writer

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from seg2sat import faults
 from seg2sat.atomic import atomic_dir, write_text
 from seg2sat.data.augment import cache_safe
 from seg2sat.data.dataset import (
@@ -522,6 +523,7 @@ def _train_loop(cfg: DictConfig, accelerator: Any, comps: Components, tr: _Train
                 state.samples_seen += int(cfg.batch_size) * accum * accelerator.num_processes
                 bar.update(1)
                 _after_optimizer_step(cfg, accelerator, comps, tr, state, meter, run_dir, bar)
+                faults.progress("train.step", state.global_step)
                 if prof is not None:
                     prof.step()
                 if state.global_step >= max_steps:
