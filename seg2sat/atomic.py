@@ -303,13 +303,16 @@ def write_json(path: str | Path, obj: Any, durable: bool = False) -> Path:
     return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", durable)
 
 
-def sweep_tmp(folder: str | Path) -> int:
-    """Delete leftovers of killed runs (`.tmp-*`) directly under `folder`; returns how many."""
+def sweep_tmp(folder: str | Path, name: str | None = None) -> int:
+    """Delete leftovers of killed runs (`.tmp-*`) directly under `folder`; returns how many.
+
+    `name` sweeps only the leftovers of that one output (safe beside other processes writing theirs).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     n = 0
-    for p in folder.glob(f"{TMP_PREFIX}*"):
+    for p in folder.glob(f"{TMP_PREFIX}*" if name is None else f"{TMP_PREFIX}*-{name}"):
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:

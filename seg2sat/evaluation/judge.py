@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg2sat.atomic import atomic_dir, sha256_of
+from seg2sat import faults
+from seg2sat.atomic import atomic_dir, sha256_of, sweep_tmp
 from seg2sat.data.dataset import load_rgb, read_manifest
 from seg2sat.errors import DatasetError
 from seg2sat.hints import hint_to_codes
@@ -260,6 +261,7 @@ def load_or_train_judge(prepared_dir: str | Path, config: JudgeConfig = JudgeCon
     prepared_dir = Path(prepared_dir)
     records, images, codes = split_arrays(prepared_dir, split)
     folder = prepared_dir / "cache" / f"judge-{_judge_key(records, images, codes, config)}"
+    sweep_tmp(folder.parent, folder.name)  # what a killed run left
     weights = folder / "judge.safetensors"
     cached = _cached_info(folder)
     if cached is not None:
@@ -273,6 +275,7 @@ def load_or_train_judge(prepared_dir: str | Path, config: JudgeConfig = JudgeCon
         def progress(step: int, total: int, loss: float) -> None:
             bar.n = step
             bar.set_postfix(loss=f"{loss:.3f}", refresh=True)
+            faults.progress("judge.step", step)
 
         judge = train_judge(images, codes, config, progress=progress)
     with atomic_dir(folder, overwrite=True, durable=True) as tmp:

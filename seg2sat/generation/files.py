@@ -24,7 +24,7 @@ from affine import Affine
 from PIL import Image
 from rasterio.windows import Window as RioWindow
 
-from seg2sat.atomic import atomic_path, sha256_of, write_json
+from seg2sat.atomic import atomic_path, sha256_of, sweep_tmp, write_json
 from seg2sat.errors import RasterError
 from seg2sat.generation.models import LoadedModel
 from seg2sat.generation.sampling import PromptSpec, Sampling
@@ -122,6 +122,12 @@ def is_finished(paths: dict[str, Path]) -> bool:
     if not isinstance(sums, dict):
         return False
     return all(key in paths and paths[key].is_file() and sha256_of(paths[key]) == sha for key, sha in sums.items())
+
+
+def sweep_leftovers(paths: dict[str, Path]) -> None:
+    """Remove what a killed run left of this output's files (each output belongs to one process)."""
+    for path in paths.values():
+        sweep_tmp(path.parent, path.name)
 
 
 def write_sidecar(paths: dict[str, Path], record: dict[str, Any]) -> Path:

@@ -39,6 +39,7 @@ from seg2sat.generation.files import (
     generate_file,
     is_finished,
     output_paths,
+    sweep_leftovers,
     write_sidecar,
 )
 from seg2sat.generation.models import LoadedModel, load_configured, peek_model, process_state
@@ -139,6 +140,7 @@ def _generate_all(model: LoadedModel, job: FileJob, good: list[tuple[Path, dict]
 
     for src, paths in tqdm(good, desc="files", disable=not state.is_main_process or len(good) < 2):
         t0 = time.perf_counter()
+        sweep_leftovers(paths)
         bar = tqdm(desc=src.name, unit="win", leave=False, disable=not state.is_main_process)
 
         def progress(done: int, total: int, bar: Any = bar) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from seg2sat import faults
-from seg2sat.atomic import TMP_PREFIX, fsync_path, guard_writes, sha256_of, write_json
+from seg2sat.atomic import TMP_PREFIX, fsync_path, guard_writes, sha256_of, sweep_tmp, write_json
 from seg2sat.errors import Seg2SatError
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ def _finish_checkpoint(accelerator: Any, controlnet: Any, state: TrainState, tmp
 
 
 def sweep_checkpoint_tmp(run_dir: Path) -> None:
-    """Remove the half-written checkpoint and validation folders a killed run left."""
+    """Remove the half-written checkpoint and validation folders (and config) a killed run left."""
+    sweep_tmp(run_dir, "config.yaml")
     for p in [*(run_dir / "checkpoints").glob(f"{TMP_PREFIX}*"), *(run_dir / "validation").glob(f"{TMP_PREFIX}*")]:
         shutil.rmtree(p, ignore_errors=True)

@@ -90,21 +90,22 @@ def assert_full_disk(exc: DiskFullError, under: Path, command: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _stable(value):
+def _stable(value, root: str):
+    """A JSON value without what says how a run went, its own folder written as `<root>`."""
     if isinstance(value, dict):
-        return {k: _stable(v) for k, v in value.items() if k not in VOLATILE}
+        return {k: _stable(v, root) for k, v in value.items() if k not in VOLATILE}
     if isinstance(value, list):
-        return [_stable(v) for v in value]
-    return value
+        return [_stable(v, root) for v in value]
+    return value.replace(root, "<root>") if isinstance(value, str) else value
 
 
-def read_whole(path: Path) -> object:
-    """What a finished file holds, read the way its readers read it; raises if it is not whole."""
+def read_whole(path: Path, root: Path) -> object:
+    """What a finished file under `root` holds, read the way its readers read it; raises if it is not whole."""
     suffix = path.suffix.lower()
     if suffix == ".json":
-        return _stable(json.loads(path.read_text(encoding="utf-8")))
+        return _stable(json.loads(path.read_text(encoding="utf-8")), str(root))
     if suffix == ".jsonl":
-        return [_stable(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines()]
+        return [_stable(json.loads(line), str(root)) for line in path.read_text(encoding="utf-8").splitlines()]
     if suffix in (".tif", ".png", ".vrt"):
         import rasterio
 
@@ -143,7 +144,7 @@ def products(root: Path, ignore: tuple[str, ...] = ()) -> dict[str, object]:
         if not path.is_file() or any(part.startswith((TMP_PREFIX, faults.FILLER_PREFIX)) for part in path.parts) \
                 or any(re.fullmatch(pattern, rel) for pattern in ignore) or path.name.endswith(("-wal", "-shm")):
             continue
-        out[rel] = read_whole(path)
+        out[rel] = read_whole(path, root)
     return out
 
 
@@ -165,7 +166,7 @@ def nothing_corrupt(root: Path, reference: dict[str, object], ignore: tuple[str,
                 or path.name.endswith(("-wal", "-shm")):
             continue
         try:
-            got = read_whole(path)
+            got = read_whole(path, root)
         except Exception as exc:  # the point of the suite: a file under a final name that does not read
             problems.append(f"{rel}: not whole ({type(exc).__name__}: {exc})")
             continue
@@ -251,3 +252,28 @@ def survive_full_disk(stage: str, command: str, run: Callable[[], object], out: 
         tally("full disk", stage, not problems)
         failures += [f"write {k}: {p}" for p in problems]
     return failures
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGKILL at a moment of a stage's own progress
+# ---------------------------------------------------------------------------------------------
+
+
+def survive_kill(stage: str, args: list[str], spec: str, out: Path, reference: dict[str, object], cwd: Path,
+                 ignore: tuple[str, ...] = (), rerun: list[str] | None = None) -> list[str]:
+    """`seg2sat <args>` SIGKILLed at `spec`, then rerun (with `rerun` added); returns what went wrong.
+
+    The killed run must leave nothing corrupt under a final name (temp files are allowed: the
+    rerun sweeps them); the rerun must finish, sweep them, and make what `reference` holds.
+    """
+    problems = []
+    first = cli(*args, cwd=cwd, fault=spec)
+    if not killed(first):
+        problems.append(f"not killed (exit {first.returncode}): {first.stderr[-800:]}")
+    problems += nothing_corrupt(out, reference, ignore)
+    again = cli(*args, *(rerun or []), cwd=cwd)
+    if again.returncode != 0:
+        problems.append(f"rerun exit {again.returncode}: {again.stderr[-800:]}")
+    problems += differences(products(out, ignore), reference) + [f"left {p}" for p in leftovers(out)]
+    tally("SIGKILL", stage, not problems)
+    return [f"{spec}: {p}" for p in problems]
