@@ -224,7 +224,7 @@ def atomic_path(path: str | Path, *, needed: int | None = None, check: Callable[
             if durable:
                 fsync_path(path.parent)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone already, or a read-only folder: the error above is the one to tell
             tmp.unlink()
         raise
 

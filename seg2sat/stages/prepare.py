@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from seg2sat.atomic import sweep_tmp, write_json, write_text
+from seg2sat.atomic import check_space, sweep_tmp, write_json, write_text
 from seg2sat.data.flair import Discovery, FlairTile
 from seg2sat.data.prepare import (
     SPLITS,
@@ -118,7 +118,8 @@ def run(cfg: DictConfig) -> PrepareResult:
         log.warning("prepare: unpaired files: %s", [str(p) for p in discovery.orphan_images + discovery.orphan_masks][:10])
     tiles = discovery.tiles[: cfg.limit] if cfg.limit else discovery.tiles
     splits = _splits(cfg, tiles)
-    # 2. Sweep leftovers of killed runs, skip finished tiles.
+    # 2. A folder we can write; sweep leftovers of killed runs, skip finished tiles.
+    check_space(out, 0)
     for sub in SUBDIRS:
         (out / sub).mkdir(parents=True, exist_ok=True)
         sweep_tmp(out / sub)

@@ -32,7 +32,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from seg2sat import faults
-from seg2sat.atomic import atomic_dir, write_text
+from seg2sat.atomic import atomic_dir, check_space, write_text
 from seg2sat.data.augment import cache_safe
 from seg2sat.data.dataset import (
     LatentCache,
@@ -348,7 +348,7 @@ def _init_run_dir(accelerator: Any, cfg: DictConfig, run_dir: Path, resolved_bas
     The saved config records the base actually loaded (export copies exactly that one).
     """
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        check_space(run_dir, 0)  # a folder we can write (a read-only one is one line, not a traceback)
         (run_dir / "checkpoints").mkdir(exist_ok=True)
         sweep_checkpoint_tmp(run_dir)
         saved = OmegaConf.to_container(cfg, resolve=True)
