@@ -37,6 +37,7 @@ from seg2sat import faults
 from seg2sat.atomic import atomic_path, sha256_of, sweep_tmp, write_bytes
 from seg2sat.data.augment import build_augment, check_augment
 from seg2sat.errors import DatasetError
+from seg2sat.geo.raster import read_plain_image
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,8 @@ def read_manifest(prepared_dir: str | Path, split: str | None = None) -> list[di
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
-    """An RGB image file as (H, W, 3) uint8."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    """An RGB image file as (H, W, 3) uint8 (a broken file is a one-line `RasterError`)."""
+    return read_plain_image(path)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -223,14 +223,14 @@ def run_tiles(todo: list[FlairTile], out: Path, opts: PrepareOptions, workers: i
 
 
 def _read_shard(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of one shard; a half-written last line (a killed worker) is not a record."""
-    with path.open(encoding="utf-8") as fh:
+    """Records of one shard; a half-written last line (a killed worker) or a damaged one is not a record."""
+    with path.open("rb") as fh:
         for line in fh:
-            if not line.endswith("\n"):
+            if not line.endswith(b"\n"):
                 break
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
+                rec = json.loads(line.decode("utf-8"))
+            except ValueError:  # not UTF-8, or not JSON
                 continue
             if isinstance(rec, dict) and isinstance(rec.get("id"), str):
                 yield rec

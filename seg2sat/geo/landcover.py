@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 from affine import Affine
-from PIL import Image
 from rasterio.crs import CRS
 
 from seg2sat.errors import GeoreferenceError, LegendError, RasterError, VectorError
@@ -42,6 +41,7 @@ from seg2sat.geo.raster import (
     check_transform,
     is_plain_image,
     local_transform,
+    read_plain_image,
     read_raster,
 )
 from seg2sat.hints import hint_to_codes, snap_hint
@@ -80,8 +80,7 @@ def _finish(codes: np.ndarray, valid: np.ndarray, crs: CRS | None, transform: Af
 
 def _read_image_hint(path: Path, snap: bool, crs: str | None, resolution: float | None) -> LandCover:
     """A plain PNG/JPEG colour hint: no georeferencing, so a CRS + pixel size or a local grid."""
-    with Image.open(path) as im:
-        image = np.asarray(im.convert("RGBA" if im.mode in ("RGBA", "LA", "P") else "RGB"))
+    image = read_plain_image(path, alpha=True)
     if image.shape[-1] == 4 and not snap:
         image = image[..., :3] if (image[..., 3] == 255).all() else image
     codes = snap_hint(image, source=path).codes if snap else hint_to_codes(image, source=path)

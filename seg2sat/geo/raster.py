@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from seg2sat.errors import GeoreferenceError, RasterError
 FLAIR_IMG_BANDS = 5  # R, G, B, NIR, elevation
 FLAIR_RESOLUTION = 0.2  # metres
 FLAIR_CRS = CRS.from_epsg(2154)  # Lambert-93
+MAX_BANDS = 64  # more is no input of ours (a FLAIR-HUB patch has 5 aerial bands; land cover 1, 3 or 4)
 
 
 @dataclass
@@ -102,6 +104,52 @@ def check_transform(transform: Affine | None, path: str | Path | None = None) ->
     return transform
 
 
+def memory_budget() -> int:
+    """Bytes this process can still take: the free memory, under its address-space limit if it has one."""
+    import resource
+
+    import psutil
+
+    budget = psutil.virtual_memory().available
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        budget = min(budget, soft - psutil.Process().memory_info().vms)
+    return max(0, budget)
+
+
+def check_memory(path: str | Path, width: int, height: int, bytes_per_pixel: int) -> None:
+    """Refuse, from the header alone, a read that cannot fit in memory (a corrupt header, a bomb, a huge file).
+
+    Raises:
+        RasterError: naming the file, the size and the memory it would take.
+    """
+    need = int(width) * int(height) * bytes_per_pixel
+    budget = memory_budget()
+    if need > budget:
+        raise RasterError(f"{path}: {width}x{height} px would take about {need / 1e9:.1f} GB of memory to read, "
+                          f"{budget / 1e9:.1f} GB are free; cut it into tiles or run `seg2sat mosaic` on it")
+
+
+# What a broken PNG/JPEG raises inside PIL, depending on where it breaks.
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, struct.error)
+
+
+def read_plain_image(path: str | Path, alpha: bool = False) -> np.ndarray:
+    """A PNG/JPEG's pixels as (H, W, 3) RGB, or RGBA when `alpha` and the image has transparency or a palette.
+
+    The size is checked from the header before decoding; a broken file is a `RasterError`.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            check_memory(path, im.width, im.height, 8)
+            return np.asarray(im.convert("RGBA" if alpha and im.mode in ("RGBA", "LA", "P") else "RGB"))
+    except (*IMAGE_ERRORS, Image.DecompressionBombError) as exc:
+        raise RasterError(f"{path}: not a readable image (corrupt or truncated?): {type(exc).__name__}: {exc}") from exc
+
+
 def _open(path: str | Path) -> Any:
     path = Path(path)
     if not path.exists():
@@ -157,6 +205,8 @@ def read_raster(
     with _open(path) as src:
         if src.width == 0 or src.height == 0 or src.count == 0:
             raise RasterError(f"{path}: empty raster ({src.width}x{src.height}, {src.count} bands)")
+        if src.count > MAX_BANDS:  # a damaged header: reading thousands of bands takes minutes
+            raise RasterError(f"{path}: {src.count} bands; a land-cover raster or an aerial image has at most {MAX_BANDS}")
         src_crs = src.crs or (CRS.from_user_input(crs) if crs is not None else None)
         if src_crs is None and require_crs:
             raise GeoreferenceError(f"{path}: no CRS; pass one explicitly (e.g. crs=EPSG:2154)")
@@ -166,6 +216,9 @@ def read_raster(
             if window.col_off < 0 or window.row_off < 0 or \
                window.col_off + window.width > full.width or window.row_off + window.height > full.height:
                 raise RasterError(f"{path}: window {window} outside the {src.width}x{src.height} raster")
+        height, width = (src.height, src.width) if window is None else (int(window.height), int(window.width))
+        itemsize = max(np.dtype(d).itemsize for d in src.dtypes)
+        check_memory(path, width, height, len(bands or src.indexes) * itemsize + 2)  # + codes and valid mask
         array = _read(src, path, window, bands)
         transform = src.window_transform(window) if window is not None else src.transform
         return RasterData(array=array, crs=src_crs, transform=transform, nodata=src.nodata, path=path)
@@ -204,10 +257,7 @@ def read_image(path: str | Path, crs: CRS | str | None = None, resolution: float
     if crs is None:
         raise GeoreferenceError(f"{path}: a plain image has no georeferencing; pass crs= (e.g. crs=EPSG:2154) "
                                 "to place it on a local grid, or use a GeoTIFF")
-    from PIL import Image
-
-    with Image.open(path) as im:
-        rgb = np.asarray(im.convert("RGB"))
+    rgb = read_plain_image(path)
     return RasterData(array=np.moveaxis(rgb, -1, 0).copy(), crs=CRS.from_user_input(crs),
                       transform=local_transform(rgb.shape[0], resolution), nodata=None, path=path)
 

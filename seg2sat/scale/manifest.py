@@ -66,7 +66,7 @@ class Manifest:
         """True when SQLite finds the database file whole (`PRAGMA quick_check`)."""
         try:
             return self._db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-        except sqlite3.DatabaseError:
+        except (sqlite3.DatabaseError, UnicodeDecodeError):  # damaged pages, or damaged text in them
             return False
 
     def close(self) -> None:
@@ -176,7 +176,7 @@ def opened(path: Path) -> Iterator[Manifest]:
     try:
         m = Manifest(path)
         rebuilt = not m.sound()
-    except sqlite3.DatabaseError:  # not a database at all (its header is gone)
+    except (sqlite3.DatabaseError, UnicodeDecodeError):  # not a database at all (its header or schema is gone)
         m, rebuilt = None, True
     if rebuilt:
         if m is not None:

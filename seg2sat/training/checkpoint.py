@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,22 @@ class TrainState:
     batch_in_epoch: int = 0  # micro-batches of this rank already consumed in `epoch`
     samples_seen: int = 0  # over all ranks
 
+    @classmethod
+    def from_file(cls, path: Path) -> TrainState:
+        """A checkpoint's `trainer_state.json`.
+
+        Raises:
+            Seg2SatError: the file is unreadable or holds anything but counts (damaged).
+        """
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            values = {f.name: data[f.name] for f in fields(cls)}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise Seg2SatError(f"{path}: damaged ({type(exc).__name__}: {exc})") from exc
+        if not all(type(v) is int and v >= 0 for v in values.values()):
+            raise Seg2SatError(f"{path}: damaged (counts that are not whole numbers: {values})")
+        return cls(**values)
+
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -51,10 +67,12 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def checkpoint_problem(ckpt: Path) -> str | None:
     """What is wrong with a checkpoint's files against the checksums saved with it (None: whole).
 
-    Checkpoints written before checksums existed are only checked for `trainer_state.json`.
+    Checkpoints written before checksums existed are only checked for a readable `trainer_state.json`.
     """
-    if not (ckpt / "trainer_state.json").is_file():
-        return "no trainer_state.json"
+    try:
+        TrainState.from_file(ckpt / "trainer_state.json")
+    except Seg2SatError as exc:
+        return str(exc).split(": ", 1)[-1]
     try:
         sums = json.loads((ckpt / CHECKSUMS).read_text(encoding="utf-8"))
     except FileNotFoundError:

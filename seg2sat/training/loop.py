@@ -14,7 +14,6 @@ What differs from diffusers' example script (and why):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -422,7 +421,7 @@ def _resume(accelerator: Any, run_dir: Path, resume: str | None) -> TrainState:
     if ckpt is None:
         return TrainState()
     accelerator.load_state(str(ckpt))
-    state = TrainState(**json.loads((ckpt / "trainer_state.json").read_text()))
+    state = TrainState.from_file(ckpt / "trainer_state.json")
     log.info("train: resumed from %s at step %d", ckpt, state.global_step)
     return state
 

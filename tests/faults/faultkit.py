@@ -36,9 +36,9 @@ STATES = ("manifest.sqlite", "run.json", "report.json", "prepare_state.json",
 FULL_DISK = re.compile(r"^(?P<folder>/\S+): no space left on device \(needs about [0-9.]+ MB\)$")
 
 
-def tally(fault: str, stage: str, survived: bool) -> None:
-    """Count one injection point tried, and whether the stage survived it."""
-    TALLY[(fault, stage)][0] += 1
+def tally(fault: str, stage: str, survived: bool | int, tried: int = 1) -> None:
+    """Count injection points tried (one by default), and how many the stage survived."""
+    TALLY[(fault, stage)][0] += tried
     TALLY[(fault, stage)][1] += int(survived)
 
 
