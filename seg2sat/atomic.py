@@ -92,9 +92,13 @@ def _run_folder(folder: Path) -> tuple[Path, int]:
 
 
 def disk_full(folder: str | Path, needed: int | None = None) -> DiskFullError:
-    """The one-line error of a full disk: `<output folder>: no space left on device (needs about N MB)`."""
+    """The one-line error of a full disk: `<output folder>: no space left on device (needs about N MB)`.
+
+    N is the run's estimate (`check_space`) or the write's; with neither, the `LOW_SPACE` a write needs.
+    """
     root, expected = _run_folder(Path(folder))
-    return DiskFullError(f"{root}: no space left on device (needs about {_megabytes(max(needed or 0, expected, 1))} MB)")
+    need = max(needed or 0, expected) or LOW_SPACE
+    return DiskFullError(f"{root}: no space left on device (needs about {_megabytes(need)} MB)")
 
 
 def write_failure(exc: BaseException, folder: Path, needed: int | None = None) -> WriteError | None:
@@ -156,7 +160,8 @@ def check_space(folder: str | Path, needed: int, probe: bool = True) -> int:
             folder.mkdir(parents=True, exist_ok=True)
             marker.write_bytes(b"")
             marker.unlink()
-    _EXPECTED[folder.absolute()] = int(needed)
+    if needed:
+        _EXPECTED[folder.absolute()] = int(needed)
     free = free_bytes(folder)
     if free < needed * SHORT_FRACTION:
         raise disk_full(folder, needed)

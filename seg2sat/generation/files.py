@@ -12,6 +12,7 @@ Every setting arrives typed in a `FileJob`, built from the config in one place.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -107,8 +108,9 @@ def output_paths(out_dir: Path, src: Path) -> dict[str, Path]:
 def is_finished(paths: dict[str, Path]) -> bool:
     """An output is finished when its sidecar (written last) reads whole and its checksums match.
 
-    A sidecar that is missing, truncated, or whose GeoTIFF (or preview) was changed since means
-    the output is redone. Sidecars written before checksums existed only need their GeoTIFF.
+    A sidecar that is missing, truncated or changed (its own checksum), or whose GeoTIFF (or
+    preview) was changed since, means the output is redone. Sidecars written before checksums
+    existed only need their GeoTIFF.
     """
     if not (paths["tif"].exists() and paths["json"].exists()):
         return False
@@ -119,9 +121,15 @@ def is_finished(paths: dict[str, Path]) -> bool:
     if not isinstance(record, dict):
         return False
     sums = record.get("sha256", {})
-    if not isinstance(sums, dict):
+    if not isinstance(sums, dict) or ("sha256" in record and record.get("sidecar_sha256") != _record_sha(record)):
         return False
     return all(key in paths and paths[key].is_file() and sha256_of(paths[key]) == sha for key, sha in sums.items())
+
+
+def _record_sha(record: dict[str, Any]) -> str:
+    """The checksum of a sidecar's own content (all but this checksum), as it reads back from JSON."""
+    body = {k: v for k, v in json.loads(json.dumps(record, default=str)).items() if k != "sidecar_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def sweep_leftovers(paths: dict[str, Path]) -> None:
@@ -131,9 +139,9 @@ def sweep_leftovers(paths: dict[str, Path]) -> None:
 
 
 def write_sidecar(paths: dict[str, Path], record: dict[str, Any]) -> Path:
-    """The sidecar JSON, last: the checksums of what was written, fsynced (it marks the output finished)."""
-    sums = {key: sha256_of(paths[key]) for key in ("tif", "preview") if paths[key].is_file()}
-    return write_json(paths["json"], {**record, "sha256": sums}, durable=True)
+    """The sidecar JSON, last: the checksums of what was written and its own, fsynced (it marks the output finished)."""
+    record = {**record, "sha256": {key: sha256_of(paths[key]) for key in ("tif", "preview") if paths[key].is_file()}}
+    return write_json(paths["json"], {**record, "sidecar_sha256": _record_sha(record)}, durable=True)
 
 
 def output_bytes(width: int, height: int, output: OutputSpec) -> int:

@@ -20,7 +20,6 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from seg2sat.atomic import atomic_path
@@ -92,6 +91,8 @@ def check_transform(transform: Affine | None, path: str | Path | None = None) ->
     """Refuse missing, identity (no georeferencing), rotated or sheared transforms."""
     if transform is None or transform == Affine.identity():
         raise GeoreferenceError(f"{path}: no geotransform (pixel grid not georeferenced)")
+    if not all(math.isfinite(v) for v in tuple(transform)[:6]):
+        raise GeoreferenceError(f"{path}: geotransform with NaN or infinite values {tuple(transform)[:6]} (damaged?)")
     if transform.b != 0 or transform.d != 0:
         raise GeoreferenceError(
             f"{path}: rotated or sheared geotransform (b={transform.b}, d={transform.d}) is not "
@@ -158,14 +159,14 @@ def _open(path: str | Path) -> Any:
         raise RasterError(f"{path}: empty file (0 bytes)")
     try:
         return rasterio.open(path)
-    except RasterioIOError as exc:
+    except Exception as exc:  # GDAL reports a damaged file in many ways (I/O, decoding, values out of range)
         raise RasterError(f"{path}: not a readable raster (corrupt or truncated?): {exc}") from exc
 
 
 def _read(src: Any, path: Path, window: Window | None, bands: list[int] | None) -> np.ndarray:
     try:
         return src.read(bands, window=window, boundless=False)
-    except (RasterioIOError, ValueError) as exc:
+    except Exception as exc:  # as in `_open`: whatever a damaged block raises
         raise RasterError(f"{path}: failed to read pixels (corrupt or truncated?): {exc}") from exc
 
 

@@ -63,9 +63,13 @@ class Manifest:
             yield
 
     def sound(self) -> bool:
-        """True when SQLite finds the database file whole (`PRAGMA quick_check`)."""
+        """True when SQLite finds the database file whole and every row reads (damaged text does not decode)."""
         try:
-            return self._db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+            if self._db.execute("PRAGMA integrity_check(1)").fetchone()[0] != "ok":  # indexes too
+                return False
+            self._db.execute("SELECT * FROM meta").fetchall()
+            self._db.execute("SELECT * FROM blocks").fetchall()
+            return True
         except (sqlite3.DatabaseError, UnicodeDecodeError):  # damaged pages, or damaged text in them
             return False
 

@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 TALLY: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # (fault, stage) -> [tried, survived]
 # Keys of a JSON output that say how a run went, not what it made: left out of comparisons.
 VOLATILE = {"seconds", "versions", "process", "planned", "compose_seconds", "kept_verified",
-            "generated_this_run", "composed_this_run", "judge_trained_now", "counts", "attempts"}
+            "generated_this_run", "composed_this_run", "judge_trained_now", "counts", "attempts",
+            "sidecar_sha256"}  # a checksum over the sidecar, timings included
 # Files that record how far a run got: whole at every moment, equal to the reference only once finished.
 STATES = ("manifest.sqlite", "run.json", "report.json", "prepare_state.json",
           "model/seg2sat.json", "model/README.md")  # evaluate records its scores in the model folder

@@ -200,6 +200,7 @@ def test_damaged_mosaic_state_is_found_and_redone(mosaic_ref, target, damage, re
 @pytest.mark.parametrize(("target", "damage"), [
     ("a.tif.json", truncate),
     ("a.tif.json", flip),
+    ("a.tif.json", lambda p: p.write_text(p.read_text().replace("Aerial view", "Aerial viex"))),
     ("a.tif", flip),
     ("a_preview.png", truncate),
 ])
@@ -219,7 +220,7 @@ def test_damaged_infer_output_or_sidecar_is_generated_again(target, damage, tmp_
 
 
 def test_a_sidecar_that_is_not_json_counts_as_unfinished(tmp_path):
-    from seg2sat.generation.files import is_finished
+    from seg2sat.generation.files import is_finished, write_sidecar
 
     paths = {"tif": tmp_path / "a.tif", "json": tmp_path / "a.tif.json", "preview": tmp_path / "a_preview.png"}
     paths["tif"].write_bytes(b"II*\0")
@@ -227,4 +228,8 @@ def test_a_sidecar_that_is_not_json_counts_as_unfinished(tmp_path):
         paths["json"].write_text(text)
         assert not is_finished(paths), text
     paths["json"].write_text(json.dumps({"sha256": {"tif": hashlib.sha256(b"II*\0").hexdigest()}}))
+    assert not is_finished(paths)  # checksums without the sidecar's own: not one we wrote
+    write_sidecar(paths, {"prompt": "Aerial view"})
     assert is_finished(paths)
+    paths["json"].write_text(paths["json"].read_text().replace("Aerial view", "Aerial viex"))
+    assert not is_finished(paths)  # still JSON, changed all the same

@@ -9,6 +9,7 @@ tries the first write of every kind (folder and file type); `-m faults` tries ev
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -228,3 +229,37 @@ def test_evaluate_and_judge_cache(every, trained_run, prepared_tiny, small_disk,
     failures = survive_full_disk("evaluate", "evaluate", lambda: evaluate.run(cfg), disk, disk,
                                  _indexes(points, every), reference, inject, fresh=fresh)
     assert not failures, "\n".join(failures)
+
+
+SPACE_LINE = re.compile(r"^output {4}about (?P<need>[0-9.]+) MB to write in (?P<folder>\S+); (?P<free>[0-9.]+) MB free "
+                        r"\((?P<verdict>[^)]*)\)", re.M)
+
+
+def test_dry_runs_give_the_size_and_real_runs_refuse_a_folder_clearly_short(maps, small_disk,
+                                                                            tiny_model, tmp_path, capsys):
+    from seg2sat.atomic import free_bytes
+    from seg2sat.errors import DiskFullError
+    from seg2sat.stages import infer, mosaic
+
+    # infer: two 64 x 96 outputs (GeoTIFF, mask, preview, sidecars) are about 0.1 MB; 16 kB is clearly short
+    disk = small_disk("16k")
+    args = [f"paths.root_dir={tmp_path}", f"input={maps}", f"output_dir={disk / 'out'}", *FAST]
+    infer.run(compose("infer", [*args, "check=true"]))
+    line = SPACE_LINE.search(capsys.readouterr().out)
+    assert line and line["need"] == "0.1" and line["folder"] == str(disk / "out")
+    assert line["verdict"] == "clearly too little: the run would refuse to start" and not (disk / "out").exists()
+    with pytest.raises(DiskFullError, match=rf"^{disk / 'out'}: no space left on device \(needs about 0.1 MB\)$"):
+        infer.run(compose("infer", args), tiny_model)
+    assert list((disk / "out").iterdir()) == []
+    # mosaic: 512 x 512 px in 64 blocks of 64 px (+ 64 px halos) need about 11 MB; the dry run writes the plan only
+    disk = small_disk("512k")
+    big = _map(tmp_path / "big.tif", shape=(512, 512))
+    args = [f"paths.root_dir={tmp_path}", f"input={big}", f"output_dir={disk}", *MOSAIC]
+    mosaic.run(compose("mosaic", [*args, "check=true"]))
+    line = SPACE_LINE.search(capsys.readouterr().out)
+    assert line and line["need"] == "11" and line["verdict"] == "clearly too little: the run would refuse to start"
+    assert sorted(p.name for p in disk.iterdir() if not p.name.endswith(("-wal", "-shm"))) == ["manifest.sqlite"]
+    with pytest.raises(DiskFullError, match=rf"^{disk}: no space left on device \(needs about 11 MB\)$"):
+        mosaic.run(compose("mosaic", args), tiny_model.pipe)
+    assert not (disk / "raw").exists() and 0 < free_bytes(disk) < 512 << 10
+    tally("full disk", "pre-flight", True, tried=1)
