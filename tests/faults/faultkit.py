@@ -61,12 +61,16 @@ def write_points(run: Callable[[], object], log: Path, monkeypatch) -> list[str]
     return [line.split(" ", 2)[2] for line in log.read_text().splitlines() if line.startswith("write ")]
 
 
-def one_of_each(points: list[str]) -> list[int]:
-    """1-based indexes of the first write of every kind (folder and suffix): the default run's sample."""
+def one_of_each(points: list[str], keep: Callable[[str], bool] = lambda path: True) -> list[int]:
+    """1-based indexes of the first write of every kind (folder, numbers aside, and suffix) that `keep` keeps.
+
+    The default run's sample; `-m faults` tries every write.
+    """
     seen: dict[tuple[str, str], int] = {}
     for i, path in enumerate(points, 1):
         p = Path(path)
-        seen.setdefault((p.parent.name, "".join(p.suffixes) or p.name), i)
+        if keep(path):
+            seen.setdefault(tuple(re.sub(r"\d+", "N", part) for part in (p.parent.name, "".join(p.suffixes) or p.name)), i)
     return sorted(seen.values())
 
 
