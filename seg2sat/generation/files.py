@@ -106,22 +106,22 @@ def output_paths(out_dir: Path, src: Path) -> dict[str, Path]:
 
 
 def is_finished(paths: dict[str, Path]) -> bool:
-    """An output is finished when its sidecar (written last) reads whole and its checksums match.
+    """An output is finished when its sidecar (`paths["json"]`, written last) reads whole and its checksums match.
 
-    A sidecar that is missing, truncated or changed (its own checksum), or whose GeoTIFF (or
-    preview) was changed since, means the output is redone. Sidecars written before checksums
-    existed only need their GeoTIFF.
+    A sidecar that is missing, truncated or changed (its own checksum), or a file it lists that
+    was changed since, means the output is redone. Sidecars written before checksums existed
+    only need their GeoTIFF. Any stage's outputs work the same: name them in `paths`.
     """
-    if not (paths["tif"].exists() and paths["json"].exists()):
-        return False
     try:
         record = json.loads(paths["json"].read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     if not isinstance(record, dict):
         return False
-    sums = record.get("sha256", {})
-    if not isinstance(sums, dict) or ("sha256" in record and record.get("sidecar_sha256") != _record_sha(record)):
+    sums = record.get("sha256")
+    if sums is None:  # a sidecar from before checksums
+        return paths["tif"].exists()
+    if not isinstance(sums, dict) or record.get("sidecar_sha256") != _record_sha(record):
         return False
     return all(key in paths and paths[key].is_file() and sha256_of(paths[key]) == sha for key, sha in sums.items())
 
@@ -139,8 +139,9 @@ def sweep_leftovers(paths: dict[str, Path]) -> None:
 
 
 def write_sidecar(paths: dict[str, Path], record: dict[str, Any]) -> Path:
-    """The sidecar JSON, last: the checksums of what was written and its own, fsynced (it marks the output finished)."""
-    record = {**record, "sha256": {key: sha256_of(paths[key]) for key in ("tif", "preview") if paths[key].is_file()}}
+    """The sidecar JSON, last: the checksums of every file in `paths` and its own, fsynced (it marks them finished)."""
+    sums = {key: sha256_of(path) for key, path in paths.items() if key != "json" and path.is_file()}
+    record = {**record, "sha256": sums}
     return write_json(paths["json"], {**record, "sidecar_sha256": _record_sha(record)}, durable=True)
 
 
