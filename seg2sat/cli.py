@@ -90,6 +90,9 @@ def hydra_entry(config_name: str, run: Callable[[DictConfig], object], command: 
     def _main(cfg: DictConfig) -> None:
         if not debug:  # GDAL reports every refused file at INFO; our own error says it once
             logging.getLogger("rasterio").setLevel(logging.WARNING)
+            # A log file on a full disk must not print a traceback per record: the run's own
+            # error (one line) says what is wrong.
+            logging.raiseExceptions = False
         try:
             run(cfg)
         except Seg2SatError as exc:

@@ -57,3 +57,14 @@ class BatchError(Seg2SatError):
     def __init__(self, message: str, report: dict | None = None) -> None:
         super().__init__(message)
         self.report = report or {}
+
+
+class WriteError(Seg2SatError):
+    """An output could not be written whole (a read-only folder, an I/O error); nothing half-written is left.
+
+    The message names the folder or file and what went wrong; the temp file is already removed.
+    """
+
+
+class DiskFullError(WriteError):
+    """No space left (or clearly too little) in an output folder; the message says about how much is needed."""

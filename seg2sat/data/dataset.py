@@ -11,7 +11,8 @@ embedding of every caption and the hint (uint8) are computed once and stored und
 `<prepared>/cache/<key>/` in shards of `SHARD_SIZE` samples, read memory-mapped: a rank reads
 the rows it samples, never the whole split, and a dataset of 240k tiles is a few hundred files,
 not a file per tile. Ranks build disjoint shards in parallel; a killed build resumes at the
-first missing shard; `index.json`, written last, marks the cache complete.
+first missing shard; `index.json`, written last with the checksum of every file, marks the
+cache complete, and a shard damaged later (truncated, changed) is found and encoded again.
 Training then samples `mean + std * noise`, exactly what `latent_dist.sample()` would give,
 without running the VAE. Only augmentations that commute with the VAE grid can be used with
 the cache: horizontal/vertical flips and 90-degree rotations, applied identically to the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,9 +33,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from seg2sat.atomic import atomic_path, sweep_tmp
+from seg2sat import faults
+from seg2sat.atomic import atomic_path, sha256_of, sweep_tmp, write_bytes
 from seg2sat.data.augment import build_augment, check_augment
 from seg2sat.errors import DatasetError
+from seg2sat.geo.raster import read_plain_image
+
+log = logging.getLogger(__name__)
 
 
 def read_manifest(prepared_dir: str | Path, split: str | None = None) -> list[dict[str, Any]]:
@@ -41,16 +47,24 @@ def read_manifest(prepared_dir: str | Path, split: str | None = None) -> list[di
     path = Path(prepared_dir) / "manifest.jsonl"
     if not path.exists():
         raise DatasetError(f"{path}: no manifest; run `seg2sat prepare` first")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except ValueError:
+            row = "damaged"
+        if row is not None and not (isinstance(row, dict) and isinstance(row.get("id"), str)):
+            raise DatasetError(f"{path}: line {n} is not a tile record (damaged?); run `seg2sat prepare` again")
+        if row is not None:
+            rows.append(row)
     if split is not None:
         rows = [r for r in rows if r.get("split") == split]
     return rows
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
-    """An RGB image file as (H, W, 3) uint8."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    """An RGB image file as (H, W, 3) uint8 (a broken file is a one-line `RasterError`)."""
+    return read_plain_image(path)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -303,7 +317,13 @@ class LatentCache:
         folder = cls.folder_for(prepared_dir, split, components, resolution)
         index_path = folder / "index.json"
         if index_path.exists():
-            return cls(folder, json.loads(index_path.read_text())), False
+            damaged = cache_damage(folder)
+            if not damaged:
+                return cls(folder, json.loads(index_path.read_text())), False
+            log.warning("cache: %s damaged (%s); encoding them again", folder, ", ".join(damaged))
+            if rank == 0 and (is_main or barrier is not None):
+                for name in [*damaged, "index.json"]:
+                    (folder / name).unlink(missing_ok=True)
         if not is_main and barrier is None:
             raise DatasetError(f"{index_path}: cache missing on a non-main process (build it on the main process first)")
         wait = barrier or (lambda: None)
@@ -336,9 +356,11 @@ def encode_shards(ds: PreparedDataset, folder: Path, components: Any, device: to
         if path.exists():
             continue
         rows = range(shard * shard_size, min(len(ds), (shard + 1) * shard_size))
-        with atomic_path(path) as tmp:
-            save_file(_encode_rows(ds, rows, components, device, batch_size), str(tmp))
+        tensors = _encode_rows(ds, rows, components, device, batch_size)
+        with atomic_path(path, needed=sum(t.numel() * t.element_size() for t in tensors.values())) as tmp:
+            save_file(tensors, str(tmp))
         done.append(shard)
+        faults.progress("cache.shard", len(done))
     return done
 
 
@@ -348,12 +370,30 @@ def _write_index(ds: PreparedDataset, folder: Path, components: Any, device: tor
 
     with torch.no_grad():
         empty = components.text_encoder(tokenize(components.tokenizer, [""]).to(device))[0].float().cpu()
-    with atomic_path(folder / "empty.safetensors") as tmp:
+    with atomic_path(folder / "empty.safetensors", needed=empty.numel() * 4) as tmp:
         save_file({"empty_embeds": empty.contiguous()}, str(tmp))
-    index = {"version": CACHE_VERSION, "n": len(ds), "shard_size": shard_size, "shards": -(-len(ds) // shard_size),
-             "ids": [r["id"] for r in ds.records]}
-    with atomic_path(folder / "index.json") as tmp:
-        tmp.write_text(json.dumps(index))
+    shards = -(-len(ds) // shard_size)
+    files = ["empty.safetensors", *(_shard_name(i) for i in range(shards))]
+    index = {"version": CACHE_VERSION, "n": len(ds), "shard_size": shard_size, "shards": shards,
+             "ids": [r["id"] for r in ds.records], "sha256": {name: sha256_of(folder / name) for name in files}}
+    write_bytes(folder / "index.json", json.dumps(index).encode(), durable=True)
+
+
+def cache_damage(folder: Path) -> list[str]:
+    """The files of a cache that are missing or differ from the checksums in its index (all, if it is unreadable).
+
+    Indexes written before checksums existed are trusted for the files they list.
+    """
+    try:
+        index = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+        files = ["empty.safetensors", *(_shard_name(i) for i in range(int(index["shards"])))]
+        sums = index.get("sha256") or {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return sorted(p.name for p in folder.glob("*.safetensors"))
+    if not isinstance(sums, dict):
+        return files
+    return [name for name in files if not (folder / name).is_file()
+            or (name in sums and sha256_of(folder / name) != sums[name])]
 
 
 def _encode_rows(ds: PreparedDataset, rows: range, components: Any, device: torch.device | str,

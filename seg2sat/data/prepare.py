@@ -29,7 +29,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from seg2sat.atomic import atomic_path, write_json, write_text
+from seg2sat import faults
+from seg2sat.atomic import append_line, atomic_path, guard_writes, write_json, write_text
 from seg2sat.data.flair import Discovery, FlairTile
 from seg2sat.data.tiles import read_pair
 from seg2sat.errors import DatasetError, Seg2SatError
@@ -78,7 +79,7 @@ def split_domains(domains: list[str], val_domains: list[str] | None, val_fractio
 
 
 def _save_png(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, needed=array.nbytes) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
@@ -144,8 +145,9 @@ def prepare_tile(tile: FlairTile, out: Path, opts: PrepareOptions) -> dict[str, 
 def prepare_chunk(tiles: list[FlairTile], out: Path, opts: PrepareOptions) -> tuple[int, dict[str, str]]:
     """Convert tiles and append each finished tile's record to this chunk's own shard.
 
-    One line per tile, flushed as soon as the tile's files are written: a killed run loses at
-    most the tile in progress. Returns (tiles done, {id: error} of tiles skipped by on_error).
+    One line per tile, written as soon as the tile's files are (whole, or cut off again on a
+    failed write): a killed run loses at most the tile in progress. Returns (tiles done,
+    {id: error} of tiles skipped by on_error).
     """
     import rasterio
 
@@ -153,7 +155,8 @@ def prepare_chunk(tiles: list[FlairTile], out: Path, opts: PrepareOptions) -> tu
     shard = out / "records" / f"part-{uuid.uuid4().hex}.jsonl"
     # GDAL lists a file's folder on open, looking for sidecars; FLAIR folders hold thousands of
     # tiles and have none, so skip that (and build the GDAL environment once per chunk).
-    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), shard.open("a", encoding="utf-8") as fh:
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), guard_writes(shard.parent), \
+            shard.open("ab", buffering=0) as fh:
         for tile in tiles:
             try:
                 record = prepare_tile(tile, out, opts)
@@ -162,9 +165,9 @@ def prepare_chunk(tiles: list[FlairTile], out: Path, opts: PrepareOptions) -> tu
                     raise
                 failures[tile.id] = str(exc)
                 continue
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            fh.flush()
+            append_line(fh, shard, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
             done += 1
+            faults.progress("prepare.tile", done)
     if shard.stat().st_size == 0:
         shard.unlink()
     return done, failures
@@ -220,15 +223,17 @@ def run_tiles(todo: list[FlairTile], out: Path, opts: PrepareOptions, workers: i
 
 
 def _read_shard(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of one shard; a half-written last line (a killed worker) is not a record."""
-    with path.open(encoding="utf-8") as fh:
+    """Records of one shard; a half-written last line (a killed worker) or a damaged one is not a record."""
+    with path.open("rb") as fh:
         for line in fh:
-            if not line.endswith("\n"):
+            if not line.endswith(b"\n"):
                 break
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
+                rec = json.loads(line.decode("utf-8"))
+            except ValueError:  # not UTF-8, or not JSON
                 continue
+            if isinstance(rec, dict) and isinstance(rec.get("id"), str):
+                yield rec
 
 
 def load_records(out: Path) -> tuple[dict[str, dict[str, Any]], list[Path]]:
@@ -244,8 +249,11 @@ def load_records(out: Path) -> tuple[dict[str, dict[str, Any]], list[Path]]:
             records[rec["id"]] = rec
     legacy = sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
     for path in legacy:
-        rec = json.loads(path.read_text(encoding="utf-8"))
-        records.setdefault(rec["id"], rec)
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+            records.setdefault(rec["id"], rec)
+        except (OSError, ValueError, KeyError, TypeError):  # damaged: the tile is converted again
+            continue
     return records, shards + legacy
 
 

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg2sat.atomic import atomic_dir
+from seg2sat import faults
+from seg2sat.atomic import atomic_dir, sha256_of, sweep_tmp
 from seg2sat.data.dataset import load_rgb, read_manifest
 from seg2sat.errors import ConfigError, DatasetError
 from seg2sat.hints import hint_to_codes
@@ -325,11 +326,13 @@ def load_or_train_judge(prepared_dir: str | Path, config: JudgeConfig = JudgeCon
         keep = np.sort(np.random.default_rng(config.seed).permutation(len(records))[:max(1, round(config.subset * len(records)))])
         records, images, codes = [records[i] for i in keep], images[keep], codes[keep]
     folder = prepared_dir / "cache" / f"judge-{_judge_key(records, images, codes, config)}"
+    sweep_tmp(folder.parent, folder.name)  # what a killed run left
     weights = folder / "judge.safetensors"
-    if weights.exists():
+    cached = _cached_info(folder)
+    if cached is not None:
         net = config.build()
         net.load_state_dict(load_file(weights))
-        return Judge(net, config, json.loads((folder / "judge.json").read_text())), False
+        return Judge(net, config, cached), False
     log.info("fidelity: training the judge on %d %s images of %s", len(images), split, prepared_dir)
     from tqdm.auto import tqdm
 
@@ -337,9 +340,25 @@ def load_or_train_judge(prepared_dir: str | Path, config: JudgeConfig = JudgeCon
         def progress(step: int, total: int, loss: float) -> None:
             bar.n = step
             bar.set_postfix(loss=f"{loss:.3f}", refresh=True)
+            faults.progress("judge.step", step)
 
         judge = train_judge(images, codes, config, progress=progress)
-    with atomic_dir(folder, overwrite=True) as tmp:
+    with atomic_dir(folder, overwrite=True, durable=True) as tmp:
         save_file({k: v.contiguous() for k, v in judge.net.state_dict().items()}, str(tmp / "judge.safetensors"))
-        (tmp / "judge.json").write_text(json.dumps({**judge.info, "config": asdict(config)}, indent=2))
+        info = {**judge.info, "config": asdict(config), "sha256": sha256_of(tmp / "judge.safetensors")}
+        (tmp / "judge.json").write_text(json.dumps(info, indent=2))
+    judge.info = info  # what a later run loads: a report says the same of a trained and a cached judge
     return judge, True
+
+
+def _cached_info(folder: Path) -> dict[str, Any] | None:
+    """A cached judge's info when its files read whole and its weights match their checksum; else None (retrain)."""
+    try:
+        info = json.loads((folder / "judge.json").read_text())
+        sha = info.get("sha256")
+        whole = sha is None or sha256_of(folder / "judge.safetensors") == sha  # older caches hold no checksum
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not whole:
+        log.warning("fidelity: the cached judge in %s is damaged; training it again", folder)
+    return info if whole else None

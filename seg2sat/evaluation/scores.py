@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from seg2sat.atomic import atomic_path, write_json
+from seg2sat.atomic import atomic_path, sweep_tmp, write_json
 from seg2sat.evaluation.judge import Judge, to_tensor
 from seg2sat.hints import codes_to_hint
 from seg2sat.labels import CODES, MAX_CODE, PALETTE, class_name
@@ -261,13 +261,16 @@ def grid_image(*columns: np.ndarray, scale: int = 2) -> np.ndarray:
 
 def write_outputs(out_dir: Path, report: dict[str, Any], judges: Judges, hints: np.ndarray,
                   generated: np.ndarray, real: np.ndarray, grid_images: int) -> tuple[Path, Path]:
-    """`fidelity.json` and `grid.png` (map | generated | judge's view | [reward model's view] | real)."""
+    """`fidelity.json` and `grid.png` (map | generated | judge's view | [reward model's view] | real) in
+    `out_dir`, each written atomically (a killed run's temp files swept)."""
+    for name in ("grid.png", "fidelity.json"):
+        sweep_tmp(out_dir, name)
     k = min(grid_images, len(hints))
     views = [np.stack([codes_to_hint(c) for c in j.classify(generated[:k])])
              for j in (judges.main, judges.reward) if j is not None]
     grid = grid_image(hints[:k], generated[:k], *views, real[:k])
     grid_path = out_dir / "grid.png"
-    with atomic_path(grid_path) as tmp:
+    with atomic_path(grid_path, needed=grid.nbytes) as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")
     json_path = write_json(out_dir / "fidelity.json", report)
     return json_path, grid_path

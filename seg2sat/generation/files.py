@@ -12,6 +12,8 @@ Every setting arrives typed in a `FileJob`, built from the config in one place.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import platform
 from dataclasses import dataclass
@@ -23,18 +25,25 @@ from affine import Affine
 from PIL import Image
 from rasterio.windows import Window as RioWindow
 
-from seg2sat.atomic import atomic_path
+from seg2sat.atomic import atomic_path, sha256_of, sweep_tmp, write_json
 from seg2sat.errors import RasterError
 from seg2sat.generation.models import LoadedModel
 from seg2sat.generation.sampling import PromptSpec, Sampling
 from seg2sat.generation.tiling import generate_tiled, pad_to_tile, regional_edit, windows_for
 from seg2sat.geo.landcover import InputOptions, LandCover, nearest_resize, read_landcover
 from seg2sat.geo.legends import Legend, load_legend, resolve_legend
-from seg2sat.geo.raster import RasterData, is_plain_image, open_geotiff_writer, read_image
+from seg2sat.geo.raster import (
+    RasterData,
+    geotiff_bytes,
+    is_plain_image,
+    open_geotiff_writer,
+    read_image,
+)
 from seg2sat.geo.stac import AssetFile, Provenance, raster_item
 from seg2sat.labels import class_shares
 
 SIDECAR_SUFFIX = ".json"
+SIDECAR_BYTES = 4096  # a sidecar JSON, rounded up
 
 
 @dataclass(frozen=True)
@@ -98,8 +107,50 @@ def output_paths(out_dir: Path, src: Path) -> dict[str, Path]:
 
 
 def is_finished(paths: dict[str, Path]) -> bool:
-    """An output is finished when its GeoTIFF and its sidecar (written last) exist."""
-    return paths["tif"].exists() and paths["json"].exists()
+    """An output is finished when its sidecar (`paths["json"]`, written last) reads whole and its checksums match.
+
+    A sidecar that is missing, truncated or changed (its own checksum), or a file it lists that
+    was changed since, means the output is redone. Sidecars written before checksums existed
+    only need their GeoTIFF. Any stage's outputs work the same: name them in `paths`.
+    """
+    try:
+        record = json.loads(paths["json"].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict):
+        return False
+    sums = record.get("sha256")
+    if sums is None:  # a sidecar from before checksums
+        return paths["tif"].exists()
+    if not isinstance(sums, dict) or record.get("sidecar_sha256") != _record_sha(record):
+        return False
+    return all(key in paths and paths[key].is_file() and sha256_of(paths[key]) == sha for key, sha in sums.items())
+
+
+def _record_sha(record: dict[str, Any]) -> str:
+    """The checksum of a sidecar's own content (all but this checksum), as it reads back from JSON."""
+    body = {k: v for k, v in json.loads(json.dumps(record, default=str)).items() if k != "sidecar_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def sweep_leftovers(paths: dict[str, Path]) -> None:
+    """Remove what a killed run left of this output's files (each output belongs to one process)."""
+    for path in paths.values():
+        sweep_tmp(path.parent, path.name)
+
+
+def write_sidecar(paths: dict[str, Path], record: dict[str, Any]) -> Path:
+    """The sidecar JSON, last: the checksums of every file in `paths` and its own, fsynced (it marks them finished)."""
+    sums = {key: sha256_of(path) for key, path in paths.items() if key != "json" and path.is_file()}
+    record = {**record, "sha256": sums}
+    return write_json(paths["json"], {**record, "sidecar_sha256": _record_sha(record)}, durable=True)
+
+
+def output_bytes(width: int, height: int, output: OutputSpec) -> int:
+    """About what one output takes on disk before compression: GeoTIFF, mask, overviews, preview, sidecar."""
+    scale = min(1.0, output.preview_size / max(width, height)) if output.preview else 0.0
+    preview = round(width * scale) * round(height * scale) * 3
+    return geotiff_bytes(width, height, 3, "uint8", output.cog) + preview + SIDECAR_BYTES
 
 
 def output_grid(lc: LandCover, resolution: float | None) -> tuple[int, int, Affine, float]:
@@ -151,7 +202,7 @@ def write_preview(tif: Path, dest: Path, size: int) -> Path:
         scale = min(1.0, size / max(src.width, src.height))
         shape = (3, max(1, round(src.height * scale)), max(1, round(src.width * scale)))
         rgb = src.read([1, 2, 3], out_shape=shape, resampling=rasterio.enums.Resampling.average)
-    with atomic_path(dest) as tmp:
+    with atomic_path(dest, needed=rgb.size) as tmp:
         Image.fromarray(np.moveaxis(rgb, 0, -1)).save(tmp, format="PNG")
     return dest
 
@@ -178,6 +229,7 @@ class InputCheck:
     classes: list[str]
     windows: int
     legend: str | None
+    output_bytes: int = 0  # about what its outputs take on disk (uncompressed)
 
 
 def check_input(job: FileJob, src: Path) -> InputCheck:
@@ -187,13 +239,15 @@ def check_input(job: FileJob, src: Path) -> InputCheck:
     """
     legend = resolve_legend(src, job.legend)
     lc, work = job.inputs.read(src, legend)
-    if job.edit.image:
-        read_edit_image(job.edit.image, job.inputs.crs)
     padded = pad_to_tile(work.codes, job.sampling.tile)
     width, height, _, _ = output_grid(lc, job.output.resolution)
+    written = output_bytes(width, height, job.output)
+    if job.edit.image:  # the edited image is written on its own grid
+        image = read_edit_image(job.edit.image, job.inputs.crs)
+        written = output_bytes(image.width, image.height, job.output)
     return InputCheck(input=src, size=(width, height), crs=str(lc.crs) if lc.crs else None,
                       resolution=work.resolution, classes=list(class_shares(work.codes, work.valid)),
-                      legend=legend.name if legend else None,
+                      legend=legend.name if legend else None, output_bytes=written,
                       windows=len(windows_for(*padded.shape, job.sampling.tile, job.sampling.overlap)))
 
 

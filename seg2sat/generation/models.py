@@ -336,7 +336,13 @@ def read_model_info(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / MODEL_INFO
     if not path.exists():
         raise ModelError(f"{folder}: not a Seg2Sat model folder (no {MODEL_INFO}); run `seg2sat export`")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable ({exc}); export the model again") from exc
+    if not isinstance(info, dict):
+        raise ModelError(f"{path}: not a model description (a JSON object); export the model again")
+    return info
 
 
 # Sampling when neither the config nor the model folder says otherwise: Stable Diffusion's usual.

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 from affine import Affine
-from PIL import Image
 from rasterio.crs import CRS
 
 from seg2sat.errors import GeoreferenceError, LegendError, RasterError, VectorError
@@ -42,6 +41,7 @@ from seg2sat.geo.raster import (
     check_transform,
     is_plain_image,
     local_transform,
+    read_plain_image,
     read_raster,
 )
 from seg2sat.hints import hint_to_codes, snap_hint
@@ -80,8 +80,7 @@ def _finish(codes: np.ndarray, valid: np.ndarray, crs: CRS | None, transform: Af
 
 def _read_image_hint(path: Path, snap: bool, crs: str | None, resolution: float | None) -> LandCover:
     """A plain PNG/JPEG colour hint: no georeferencing, so a CRS + pixel size or a local grid."""
-    with Image.open(path) as im:
-        image = np.asarray(im.convert("RGBA" if im.mode in ("RGBA", "LA", "P") else "RGB"))
+    image = read_plain_image(path, alpha=True)
     if image.shape[-1] == 4 and not snap:
         image = image[..., :3] if (image[..., 3] == 255).all() else image
     codes = snap_hint(image, source=path).codes if snap else hint_to_codes(image, source=path)
@@ -253,12 +252,15 @@ def read_landcover_vector(path: str | Path, column: str, resolution: float, lege
     """
     layer = read_vector(path, column, legend, crs=crs, unknown_to_other=unknown_to_other)
     # Rasterize on a grid snapped to the resolution.
-    xmin, ymin, xmax, ymax = layer.geometries.total_bounds
+    xmin, ymin, xmax, ymax = (float(v) for v in layer.geometries.total_bounds)
     res = float(resolution)
-    x0, y1 = math.floor(xmin / res) * res, math.ceil(ymax / res) * res
+    with np.errstate(over="ignore", invalid="ignore"):  # damaged coordinates: refused below, not raised here
+        span = np.array([xmin / res, ymax / res, (xmax - xmin) / res, (ymax - ymin) / res])
+    if not np.isfinite(span).all() or span[2] * span[3] > 400_000_000:
+        raise VectorError(f"{layer.path}: bounds ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) at {res} m are too large "
+                          "(or not finite); pass a coarser resolution= or fix the coordinates")
+    x0, y1 = math.floor(span[0]) * res, math.ceil(span[1]) * res
     width, height = math.ceil((xmax - x0) / res), math.ceil((y1 - ymin) / res)
-    if width * height > 400_000_000:
-        raise VectorError(f"{layer.path}: {width}x{height} pixels at {res} m is too large; pass a coarser resolution=")
     transform = Affine(res, 0, x0, 0, -res, y1)
     codes, valid = layer.rasterize(transform, (height, width))
     return _finish(codes, valid, layer.crs, transform, layer.path)

@@ -48,12 +48,17 @@ def _transformer(crs_wkt: str) -> Any:
 
 
 def centre_lonlat(crs: Any, transform: Affine, width: int, height: int) -> tuple[float, float] | None:
-    """The raster's centre in lon/lat degrees, or None without CRS or outside the CRS's domain."""
+    """The raster's centre in lon/lat degrees, or None without CRS, outside its domain, or for a CRS PROJ cannot use."""
+    from pyproj.exceptions import CRSError, ProjError
+
     if crs is None:
         return None
     x, y = transform * (width / 2, height / 2)
     wkt = crs.to_wkt() if hasattr(crs, "to_wkt") else str(crs)
-    lon, lat = _transformer(wkt).transform(x, y)
+    try:
+        lon, lat = _transformer(wkt).transform(x, y)
+    except (ProjError, CRSError):  # a CRS with no way to lon/lat (a damaged or exotic definition)
+        return None
     if not (math.isfinite(lon) and math.isfinite(lat)) or abs(lat) > 90 or abs(lon) > 180:
         return None
     return float(lon), float(lat)

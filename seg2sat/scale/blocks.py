@@ -20,6 +20,7 @@ Design (docs/scale.md has the measurements behind it):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -31,11 +32,11 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from seg2sat.atomic import sweep_tmp, write_json, write_text
+from seg2sat.atomic import sha256_of, sweep_tmp, write_json, write_text
 from seg2sat.errors import RasterError
 from seg2sat.geo.stac import AssetFile, Provenance, item_path, raster_item, write_item
 from seg2sat.scale.grid import Grid, block_id
-from seg2sat.scale.manifest import sha256_of
+from seg2sat.scale.manifest import Manifest
 from seg2sat.scale.sources import Sources, read_codes
 
 log = logging.getLogger(__name__)
@@ -181,20 +182,24 @@ def compose_block(job: dict[str, Any], row: int, col: int, neighbours: dict[str,
         whole = RioWindow(0, 0, c1 - c0, r1 - r0)
         writer.write(np.moveaxis(rgb, -1, 0), whole)
         writer.write_mask(mask, whole)
-    sha = sha256_of(out_dir / out)
-    _write_records(job, out_dir, out, {"block": bid, "bounds": grid.bounds((r0, c0, r1, c1)), "sha256": sha,
-                                       "neighbours": sorted(neighbours), "seam": job["seam"], "halo": grid.halo,
-                                       "prompt": job["prompt"], **job["sampling"]})
+    sha = _write_records(job, out, grid.bounds((r0, c0, r1, c1)), neighbours, bid)
     return {"state": "done", "output": str(out), "sha256": sha, "compose_seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _write_records(job: dict[str, Any], out_dir: Path, out: Path, sidecar: dict[str, Any]) -> None:
-    """A block's STAC item, then its sidecar (last: the sidecar is the block's completion mark)."""
-    bid = sidecar["block"]
+def _write_records(job: dict[str, Any], out: Path, bounds: Any, neighbours: dict[str, str], bid: str) -> str:
+    """A block COG's STAC item, then its sidecar, last (the block's completion mark): the checksums
+    of it and its raw block, and the plan that made it."""
+    out_dir = Path(job["out_dir"])
+    sha = sha256_of(out_dir / out)
     item = raster_item(out_dir / out, block_provenance(job), item_id=bid, cog=True, title=f"Mosaic block {bid}",
                        assets={"metadata": AssetFile(out_dir / f"{out}.json", ("metadata",), "Block sidecar")})
     write_item(item, item_path(out_dir / out), out_dir)
-    write_json(out_dir / f"{out}.json", sidecar)
+    write_json(out_dir / f"{out}.json", {"block": bid, "bounds": bounds, "sha256": sha, "raw": neighbours[bid],
+                                         "raw_sha256": sha256_of(out_dir / neighbours[bid]), "plan": job.get("plan"),
+                                         "neighbours": sorted(neighbours), "seam": job["seam"],
+                                         "halo": job["grid"]["halo"], "prompt": job["prompt"], **job["sampling"]},
+               durable=True)
+    return sha
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +263,29 @@ def write_gti(out_dir: Path, grid: Grid, blocks: list[dict[str, Any]]) -> Path:
     with atomic_path(path) as tmp:
         pyogrio.write_dataframe(gdf, tmp, layer="tiles", driver="GPKG", layer_metadata=meta)
     return path
+
+
+def adopt(manifest: Manifest, out_dir: Path, plan_id: str) -> int:
+    """Blocks a rebuilt manifest takes back from their sidecars; returns how many.
+
+    A composed block is adopted when its sidecar reads whole, was made by this plan, and the
+    checksums it holds match both its COG and its raw generation; anything else is redone.
+    """
+    adopted = 0
+    for row in manifest.blocks(["pending"], columns="id"):
+        side = out_dir / BLOCKS_DIR / f"{row['id']}.tif.json"
+        try:
+            rec = json.loads(side.read_text(encoding="utf-8"))
+            output, raw = Path(BLOCKS_DIR) / f"{row['id']}.tif", Path(str(rec["raw"]))
+            ok = (rec["plan"] == plan_id and sha256_of(out_dir / output) == rec["sha256"]
+                  and sha256_of(out_dir / raw) == rec["raw_sha256"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if ok:
+            manifest.update(row["id"], state="done", output=str(output), sha256=rec["sha256"], raw=str(raw),
+                            raw_sha256=rec["raw_sha256"])
+            adopted += 1
+    return adopted
 
 
 def sweep(out_dir: Path) -> int:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seg2sat.errors import ConfigError
+from seg2sat import faults
+from seg2sat.errors import ConfigError, WriteError
 from seg2sat.generation.models import load_configured, process_state
 from seg2sat.progress import report as report_progress
 from seg2sat.scale.blocks import compose_block, generate_block
@@ -61,9 +62,15 @@ class BlockActor:
         self.pipe = pipe or load_configured(job["cfg"]).pipe
 
     def generate(self, row: int, col: int) -> dict[str, Any]:
-        """One block; a failure comes back as a record (a dead process is Ray's to retry)."""
+        """One block; a failure comes back as a record (a dead process is Ray's to retry).
+
+        A failed write (full disk, read-only folder) is the run's, not the block's: it comes
+        back as `fatal`, and the driver stops without counting it against the block.
+        """
         try:
             return generate_block(self.pipe, self.job, row, col)
+        except WriteError as exc:
+            return {"state": "fatal", "exception": exc}
         except Exception as exc:  # any error of this block is its own: report it, go on with others
             return {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
 
@@ -84,8 +91,11 @@ class _Tracker:
         self.empty_now = 0
 
     def generated(self, row: int, col: int, rec: dict[str, Any]) -> list[tuple[int, int, dict[str, str]]]:
-        """Record a generation; returns the blocks now ready to compose."""
+        """Record a generation; returns the blocks now ready to compose (a fatal record stops the run)."""
         bid = block_id(row, col)
+        if rec["state"] == "fatal":
+            self.m.release(bid, "pending")
+            raise rec["exception"]
         rec = {k: v for k, v in rec.items() if k in ("state", "raw", "raw_sha256", "windows", "seconds", "error")}
         self.m.update(bid, **rec)
         self.state[bid] = (rec["state"], rec.get("raw"), row, col)
@@ -98,6 +108,7 @@ class _Tracker:
         else:
             self.result.generated.append(bid)
         self.progress()
+        faults.progress("mosaic.block", len(self.result.generated))
         return [job for nid in neighbour_ids(self.grid, row, col) if (job := self.ready(nid))]
 
     def ready(self, bid: str) -> tuple[int, int, dict[str, str]] | None:
@@ -116,8 +127,10 @@ class _Tracker:
         return [job for bid in self.state if (job := self.ready(bid))]
 
     def composed(self, row: int, col: int, rec: dict[str, Any]) -> None:
-        """Record a composed block (or its error)."""
+        """Record a composed block (or its error); a fatal record stops the run, the block stays generated."""
         bid = block_id(row, col)
+        if rec["state"] == "fatal":
+            raise rec["exception"]
         if rec["state"] == "failed":
             self.m.update(bid, state="failed", error=rec["error"])
             self.result.failed[bid] = rec["error"]
@@ -127,6 +140,7 @@ class _Tracker:
             self.finished += 1
         self.state[bid] = (rec["state"], self.state[bid][1], row, col)
         self.progress()
+        faults.progress("mosaic.compose", len(self.result.composed))
 
     def progress(self) -> None:
         """Blocks done/total, km²/h and ETA in the log."""
@@ -144,6 +158,8 @@ class _Tracker:
 def _compose_safe(job: dict[str, Any], row: int, col: int, neighbours: dict[str, str]) -> dict[str, Any]:
     try:
         return compose_block(job, row, col, neighbours)
+    except WriteError as exc:  # the run's fault, not the block's
+        return {"state": "fatal", "exception": exc}
     except Exception as exc:  # report the block, keep the run going
         return {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
 

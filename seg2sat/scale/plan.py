@@ -17,12 +17,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from seg2sat.errors import ConfigError
-from seg2sat.generation.files import prompt_for, versions
+from seg2sat.generation.files import SIDECAR_BYTES, prompt_for, versions
 from seg2sat.generation.models import peek_model
 from seg2sat.generation.sampling import PromptSpec, Sampling
 from seg2sat.generation.tiling import windows_for
 from seg2sat.geo.landcover import LandCover
 from seg2sat.geo.legends import load_legend
+from seg2sat.geo.raster import geotiff_bytes
 from seg2sat.scale.grid import Grid, plan_grid
 from seg2sat.scale.manifest import Manifest
 from seg2sat.scale.sources import Sources, find_sources, overview_codes, source_extent
@@ -97,7 +98,7 @@ def plan(cfg: DictConfig, manifest: Manifest) -> tuple[Grid, dict[str, Any]]:
     job = {"grid": grid.to_dict(), "sources": vars(sources), "prompt": prompt, "sampling": sampling.kwargs(),
            "seam": str(cfg.seam), "out_dir": str(Path(cfg.output_dir).resolve()),
            "cfg": OmegaConf.to_container(cfg, resolve=True), "fault": OmegaConf.to_container(cfg.fault),
-           "software": versions()}
+           "software": versions(), "plan": _fingerprint(settings)}
     return grid, job
 
 
@@ -133,6 +134,15 @@ def estimate(cfg: DictConfig, grid: Grid, manifest: Manifest, steps: int, tile: 
             "rate_window_steps_per_s": round(rate, 2), "rate_source": where,
             "gpu_hours_left": round(todo_ws / rate / 3600, 2),
             "km2": round(grid.width * grid.height * grid.res ** 2 / 1e6, 3)}
+
+
+def output_bytes(grid: Grid, counts: dict[str, int]) -> int:
+    """About what the blocks left take on disk before compression: raw generations, block COGs, sidecars."""
+    ext = min(grid.block + 2 * grid.halo, grid.width) * min(grid.block + 2 * grid.halo, grid.height)
+    raw = geotiff_bytes(1, ext, 3, "uint8")
+    composed = geotiff_bytes(grid.block, grid.block, 3, "uint8", cog=True) + SIDECAR_BYTES
+    to_generate = sum(counts.get(s, 0) for s in ("pending", "running", "failed"))
+    return to_generate * (raw + composed) + counts.get("generated", 0) * composed + 3 * SIDECAR_BYTES
 
 
 def table(grid: Grid, est: dict[str, Any]) -> str:

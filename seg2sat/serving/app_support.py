@@ -33,7 +33,7 @@ from seg2sat.config import APP_CONFIG_ENV
 from seg2sat.errors import Seg2SatError
 from seg2sat.generation.models import LoadedModel
 from seg2sat.generation.sampling import PromptSpec, Sampling
-from seg2sat.geo.raster import GEOTIFF_SUFFIXES, PLAIN_IMAGE_SUFFIXES
+from seg2sat.geo.raster import GEOTIFF_SUFFIXES, IMAGE_ERRORS, PLAIN_IMAGE_SUFFIXES
 from seg2sat.hints import codes_to_hint, snap_hint
 from seg2sat.labels import CLASSES, CODES, code_of
 from seg2sat.prompts import STYLES
@@ -139,7 +139,7 @@ def read_upload(name: str, data: bytes, *, max_bytes: int, max_pixels: int, kind
             rgb = np.asarray(im.convert("RGBA" if im.mode in ("RGBA", "LA", "P") else "RGB"))
     except UploadError:
         raise
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (*IMAGE_ERRORS, Image.DecompressionBombError) as exc:
         raise UploadError(f"{label}: not a readable image ({type(exc).__name__})") from exc
     return Upload(name=label, rgb=rgb)
 

@@ -3,10 +3,13 @@
 1. find the inputs (a file, a folder, a glob) and this process's share (`accelerate launch`:
    rank r takes every world-th file); skip the finished ones (GeoTIFF + sidecar);
 2. check every input before any model loads; a bad input of a batch is reported and skipped,
-   a single bad input is the run's error; `check=true` (`--dry-run`) stops here with a table;
+   a single bad input is the run's error; `check=true` (`--dry-run`) stops here with a table
+   and the size of the outputs against the free space; a real run refuses a folder that is
+   read-only or clearly short of space for them (`seg2sat.atomic.check_space`);
 3. load the model once;
-4. generate each file (`seg2sat.generation.files`), then its sidecar JSON (last: it marks the
-   output finished, so reruns skip it);
+4. generate each file (`seg2sat.generation.files`), then its sidecar JSON (last, with the
+   checksums of what was written: it marks the output finished, so reruns skip it, and a
+   changed or truncated output is redone); a failed write (full disk) ends the run;
 5. write `report.json`, and raise a `BatchError` if any input failed.
 """
 
@@ -23,9 +26,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from seg2sat.atomic import write_json
-from seg2sat.errors import BatchError, Seg2SatError
+from seg2sat import faults
+from seg2sat.atomic import check_space, space_line, write_json
+from seg2sat.errors import BatchError, Seg2SatError, WriteError
 from seg2sat.generation.files import (
+    SIDECAR_BYTES,
     SIDECAR_SUFFIX,
     FileJob,
     InputCheck,
@@ -35,6 +40,8 @@ from seg2sat.generation.files import (
     is_finished,
     output_paths,
     stac_item,
+    sweep_leftovers,
+    write_sidecar,
 )
 from seg2sat.generation.models import LoadedModel, load_configured, peek_model, process_state
 from seg2sat.geo.inputs import find_inputs
@@ -59,9 +66,14 @@ class InferResult:
 
 
 def _attempt(result: InferResult, src: Path, single: bool, fn: Callable[[], Any]) -> Any:
-    """Run one input's step: a single input raises its own error; a batch records it and goes on."""
+    """Run one input's step: a single input raises its own error; a batch records it and goes on.
+
+    A failed write (full disk, read-only folder) ends the run: the next file would meet it too.
+    """
     try:
         return fn()
+    except WriteError:
+        raise
     except Seg2SatError as exc:
         if single:
             raise
@@ -135,11 +147,13 @@ def _generate_all(model: LoadedModel, job: FileJob, good: list[tuple[Path, dict]
     bars = state.is_main_process and not json_mode()  # JSON progress lines replace the bars
     for i, (src, paths) in enumerate(tqdm(good, desc="files", disable=not bars or len(good) < 2)):
         t0 = time.perf_counter()
+        sweep_leftovers(paths)
         bar = tqdm(desc=src.name, unit="win", leave=False, disable=not bars)
 
         def progress(done: int, total: int, bar: Any = bar, i: int = i, name: str = src.name) -> None:
             bar.total, bar.n = total, done
             bar.refresh()
+            faults.progress("infer.window", done)
             if state.is_main_process:  # files count equally: file i at done/total is (i + done/total)/n
                 report_progress(i * total + done, len(good) * total, f"{name}: {done}/{total} windows")
 
@@ -152,8 +166,9 @@ def _generate_all(model: LoadedModel, job: FileJob, good: list[tuple[Path, dict]
         record["process"] = f"{state.process_index}/{state.num_processes}"
         # the STAC item before the sidecar: the sidecar stays the mark of a finished output
         write_item(stac_item(paths, record, job.output.cog), item_path(paths["tif"]), paths["tif"].parent)
-        write_json(paths["json"], record)
+        write_sidecar(paths, record)
         result.outputs.append(paths["tif"])
+        faults.progress("infer.file", len(result.outputs))
         result.windows += int(record.get("windows", 0))
         result.seconds[src.name] = record["seconds"]
         log.info("infer: %s -> %s (%.1f s)", src, paths["tif"], record["seconds"])
@@ -186,12 +201,14 @@ def run(cfg: DictConfig, model: LoadedModel | None = None) -> InferResult:
         if checked is not None:
             result.checked.append(checked)
             good.append((src, paths))
+    needed = sum(c.output_bytes for c in result.checked) + SIDECAR_BYTES  # + report.json
     if cfg.check:
         print(check_table(result, job.sampling.steps, _seconds_per_window_step(out_dir)))
+        print(space_line(out_dir, needed))
         if result.failed:
             raise BatchError(f"{len(result.failed)} of {len(files)} inputs would fail (listed above)")
         return result
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_space(out_dir, needed)  # writable, and not clearly short of space
     # 3. Model, once (a hub model's tile is known once loaded).
     t0 = time.perf_counter()
     if good and model is None:

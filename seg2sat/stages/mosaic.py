@@ -2,11 +2,14 @@
 
 1. plan: the grid (CRS, resolution, origin on the global lattice), its blocks, the one prompt
    of the run, the manifest (SQLite) — or reopen the plan of an earlier run in `output_dir`;
-2. verify: finished blocks are checked by checksum, temp files of killed runs removed;
-3. dry run (`check=true`): blocks, windows and estimated GPU-hours; nothing is loaded;
+2. verify: finished blocks are checked by checksum, temp files of killed runs removed (a damaged
+   manifest is set aside and planned again, taking back the blocks their sidecars prove);
+3. dry run (`check=true`): blocks, windows, estimated GPU-hours and disk space; nothing is
+   loaded; a real run refuses a folder that is read-only or clearly short of space;
 4. generate every pending block (core + halo) with `engine=local` or `engine=ray`, and compose
    each block (cross-fade with its neighbours) as soon as its neighbours are generated;
-5. `mosaic.vrt` over the finished blocks, `run.json`, and exit status 1 if any block failed.
+5. `mosaic.vrt` over the finished blocks, `run.json`, and exit status 1 if any block failed;
+   a failed write (full disk) stops the run with a one-line error and counts against no block.
 See `seg2sat/scale/` (blocks.py) for the design and docs/scale.md for the measurements.
 """
 
@@ -20,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from seg2sat.atomic import write_json
+from seg2sat.atomic import check_space, space_line, write_json
 from seg2sat.errors import BatchError, ConfigError
 from seg2sat.generation.files import versions
 from seg2sat.geo.stac import (
@@ -35,7 +38,7 @@ from seg2sat.scale import blocks
 from seg2sat.scale.engines import ENGINES, MosaicResult, check_ray
 from seg2sat.scale.grid import Grid
 from seg2sat.scale.manifest import MANIFEST_NAME, Manifest, opened, verify
-from seg2sat.scale.plan import estimate, plan, table
+from seg2sat.scale.plan import estimate, output_bytes, plan, table
 
 log = logging.getLogger(__name__)
 
@@ -108,21 +111,26 @@ def run(cfg: DictConfig, pipe: Any = None) -> MosaicResult:
     if cfg.engine == "ray":
         check_ray()
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_space(out_dir, 0)  # a folder we can write; its space is checked once the plan is known
     t0 = time.perf_counter()
     with opened(out_dir / MANIFEST_NAME) as manifest:
-        # 1-2. Plan, clear temp files, verify finished blocks.
+        # 1-2. Plan (a damaged manifest takes back what its sidecars prove), clear temp files, verify.
         grid, job = plan(cfg, manifest)
         result = MosaicResult(out_dir=out_dir, grid=grid, plan_seconds=round(time.perf_counter() - t0, 3))
+        if manifest.rebuilt:
+            log.info("mosaic: %d finished blocks taken back from their sidecars", blocks.adopt(manifest, out_dir, job["plan"]))
         blocks.sweep(out_dir)
         result.kept = verify(manifest, out_dir)["kept"]
         s = job["sampling"]
-        # 3. Dry run.
-        result.table = table(grid, estimate(cfg, grid, manifest, s["steps"], s["tile"], s["overlap"]))
+        # 3. Dry run; a real run refuses a folder clearly short of space for what is left.
+        needed = output_bytes(grid, manifest.counts())
+        result.table = "\n".join([table(grid, estimate(cfg, grid, manifest, s["steps"], s["tile"], s["overlap"])),
+                                  space_line(out_dir, needed)])
         if cfg.check:
             print(result.table)
             result.counts = manifest.counts()
             return result
+        check_space(out_dir, needed, probe=False)
         if not job["sources"]["paths"]:
             raise ConfigError("a mosaic without input= can only be planned (check=true)")
         # 4. Generate and compose.

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from seg2sat.atomic import sweep_tmp, write_json, write_text
+from seg2sat.atomic import check_space, sweep_tmp, write_json, write_text
 from seg2sat.data.flair import Discovery, FlairTile
 from seg2sat.data.prepare import (
     SPLITS,
@@ -95,13 +95,17 @@ def _write_all(cfg: DictConfig, out: Path, tiles: list[FlairTile], splits: dict[
     """Merge the shards and rebuild manifest, footprints and summary, unless nothing changed."""
     key = fingerprint(tiles, splits, options(cfg), discovery)
     state_path = out / STATE
-    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {}
-    if converted or state.get("fingerprint") != key or not (out / "manifest.jsonl").exists():
+    try:  # a missing or damaged state means: rebuild the outputs
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = {}
+    if converted or not isinstance(state, dict) or state.get("fingerprint") != key \
+            or not (out / "manifest.jsonl").exists():
         done, files = load_records(out)
         compact(out, done, files)
         write_text(out / "prepare_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         write_outputs(out, tiles, splits, failures, discovery, done)
-        write_json(state_path, {"fingerprint": key, "n_tiles": len(tiles), "n_records": len(done)})
+        write_json(state_path, {"fingerprint": key, "n_tiles": len(tiles), "n_records": len(done)}, durable=True)
 
 
 def run(cfg: DictConfig) -> PrepareResult:
@@ -114,7 +118,8 @@ def run(cfg: DictConfig) -> PrepareResult:
         log.warning("prepare: unpaired files: %s", [str(p) for p in discovery.orphan_images + discovery.orphan_masks][:10])
     tiles = discovery.tiles[: cfg.limit] if cfg.limit else discovery.tiles
     splits = _splits(cfg, tiles)
-    # 2. Sweep leftovers of killed runs, skip finished tiles.
+    # 2. A folder we can write; sweep leftovers of killed runs, skip finished tiles.
+    check_space(out, 0)
     for sub in SUBDIRS:
         (out / sub).mkdir(parents=True, exist_ok=True)
         sweep_tmp(out / sub)

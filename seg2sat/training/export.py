@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from seg2sat.atomic import atomic_dir, write_json, write_text
+from seg2sat.atomic import atomic_dir, size_of, sweep_tmp, write_json, write_text
 from seg2sat.errors import ModelError
 from seg2sat.generation.models import (
     MODEL_INFO,
@@ -119,11 +119,13 @@ def record_fidelity(model_dir: str | Path, fidelity: dict[str, Any]) -> None:
     their config leaves steps null.
     """
     model_dir = Path(model_dir)
+    for name in (MODEL_INFO, "README.md"):  # what a killed run left
+        sweep_tmp(model_dir, name)
     info = read_model_info(model_dir)
     info["fidelity"] = fidelity
     if fidelity.get("recommended_steps"):
         info["sampling"] = {**(info.get("sampling") or {}), "steps": int(fidelity["recommended_steps"])}
-    write_json(model_dir / MODEL_INFO, info)
+    write_json(model_dir / MODEL_INFO, info, durable=True)
     write_model_card(model_dir)
 
 
@@ -134,6 +136,7 @@ def export_model(cfg: DictConfig) -> ExportResult:
     out = Path(cfg.output_dir)
     if out.exists() and not cfg.overwrite:
         raise ModelError(f"{out}: already exists (pass overwrite=true to replace it)")
+    sweep_tmp(out.parent, out.name)  # what a killed export of this folder left
     # 1. Where the ControlNet and its training config come from.
     train_cfg: dict[str, Any] | None = None
     ckpt: Path | None = None
@@ -149,7 +152,7 @@ def export_model(cfg: DictConfig) -> ExportResult:
         steps = int(ckpt.name.split("-")[-1])
     controlnet = ControlNetModel.from_pretrained(cn_dir, use_safetensors=True)
     # 2. Write everything into a temp folder, rename at the end.
-    with atomic_dir(out, overwrite=bool(cfg.overwrite)) as tmp:
+    with atomic_dir(out, overwrite=bool(cfg.overwrite), needed=2 * size_of(cn_dir)) as tmp:
         controlnet.save_pretrained(tmp / "controlnet", safe_serialization=True)
         if cfg.fp16:
             controlnet.to(torch.float16).save_pretrained(tmp / "controlnet_fp16", safe_serialization=True)

@@ -14,7 +14,6 @@ What differs from diffusers' example script (and why):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -30,7 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from seg2sat.atomic import atomic_dir, write_text
+from seg2sat import faults
+from seg2sat.atomic import atomic_dir, check_space, write_text
 from seg2sat.data.augment import cache_safe
 from seg2sat.data.dataset import (
     LatentCache,
@@ -292,7 +292,7 @@ def _init_run_dir(accelerator: Any, cfg: DictConfig, run_dir: Path, resolved_bas
     The saved config records the base actually loaded (export copies exactly that one).
     """
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        check_space(run_dir, 0)  # a folder we can write (a read-only one is one line, not a traceback)
         (run_dir / "checkpoints").mkdir(exist_ok=True)
         sweep_checkpoint_tmp(run_dir)
         saved = OmegaConf.to_container(cfg, resolve=True)
@@ -366,7 +366,7 @@ def _resume(accelerator: Any, run_dir: Path, resume: str | None) -> TrainState:
     if ckpt is None:
         return TrainState()
     accelerator.load_state(str(ckpt))
-    state = TrainState(**json.loads((ckpt / "trainer_state.json").read_text()))
+    state = TrainState.from_file(ckpt / "trainer_state.json")
     log.info("train: resumed from %s at step %d", ckpt, state.global_step)
     return state
 
@@ -484,6 +484,7 @@ def _train_loop(cfg: DictConfig, accelerator: Any, comps: Components, tr: _Train
                 state.samples_seen += int(cfg.batch_size) * accum * accelerator.num_processes
                 bar.update(1)
                 _after_optimizer_step(cfg, accelerator, comps, tr, state, meter, run_dir, bar)
+                faults.progress("train.step", state.global_step)
                 if prof is not None:
                     prof.step()
                 if state.global_step >= max_steps:

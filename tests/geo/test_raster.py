@@ -99,3 +99,34 @@ def test_real_float_landcover_raster_keeps_georeferencing(geo_samples, tmp_path)
     back = raster.read_raster(out)
     assert back.crs == src.crs and back.transform == src.transform and back.nodata == src.nodata
     np.testing.assert_array_equal(back.array, src.array)
+
+
+def test_a_written_geotiff_is_checked_whole(tmp_path):
+    from seg2sat.geo.raster import check_geotiff, check_tiff_blocks, write_geotiff
+
+    rng = np.random.default_rng(0)
+    path = write_geotiff(tmp_path / "a.tif", rng.integers(0, 255, (3, 300, 280), dtype=np.uint8), "EPSG:2154",
+                         Affine(0.2, 0, 0, 0, -0.2, 100), cog=True)
+    check_geotiff(path, 280, 300, 3)
+    with pytest.raises(RasterError, match=r"reads as 280x300x3, 281x300x3 was written"):
+        check_geotiff(path, 281, 300, 3)
+    data = path.read_bytes()
+    for cut in (len(data) - 100, len(data) // 2, 12):  # cut short where a flush on a full disk stops
+        path.write_bytes(data[:cut])
+        with pytest.raises(RasterError, match="truncated or corrupt TIFF"):
+            check_tiff_blocks(path)
+
+
+def test_broken_plain_images_and_impossible_sizes_are_one_line(tmp_path):
+    from PIL import Image
+
+    from seg2sat.geo.raster import check_memory, read_plain_image
+
+    Image.fromarray(np.full((40, 50, 3), 7, np.uint8)).save(tmp_path / "a.png")
+    assert read_plain_image(tmp_path / "a.png").shape == (40, 50, 3)
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "b.png").write_bytes(data[:60])
+    with pytest.raises(RasterError, match=r"b\.png: not a readable image \(corrupt or truncated\?\)"):
+        read_plain_image(tmp_path / "b.png")
+    with pytest.raises(RasterError, match=r"x\.tif: 4000000x4000000 px would take about 160000\.0 GB of memory"):
+        check_memory(tmp_path / "x.tif", 4_000_000, 4_000_000, 10)

@@ -15,12 +15,13 @@ import rasterio
 import torch
 from affine import Affine
 
+from seg2sat.atomic import sha256_of
 from seg2sat.config import compose
 from seg2sat.errors import BatchError, ConfigError
 from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
 from seg2sat.scale.blocks import axis_weight
 from seg2sat.scale.grid import plan_grid
-from seg2sat.scale.manifest import MANIFEST_NAME, opened, sha256_of
+from seg2sat.scale.manifest import MANIFEST_NAME, opened
 from seg2sat.stages import mosaic
 
 REPO = Path(__file__).resolve().parent.parent
