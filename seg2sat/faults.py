@@ -11,7 +11,7 @@ off unless `SEG2SAT_FAULT` is set, and then costs a dictionary lookup per point.
 - `kill@write:3`: SIGKILL once the 3rd write's temp file is complete, just before its rename;
 - `kill@<point>:<n>`: SIGKILL when a stage reports progress `n` (or more) at `point` (`progress`):
   `infer.window`, `infer.file`, `prepare.tile`, `train.step`, `cache.shard`, `judge.step`,
-  `mosaic.block`, `mosaic.compose`.
+  `mosaic.block`, `mosaic.compose`, `synthesize.tile`.
 `SEG2SAT_FAULT_LOG=<file>` appends every point reached, one per line (`write <n> <path>`,
 `<point> <n>`), so the suite counts a stage's injection points from one clean run.
 In-process tests register callbacks on progress points with `on_progress`.

@@ -261,8 +261,10 @@ def grid_image(*columns: np.ndarray, scale: int = 2) -> np.ndarray:
 
 def write_outputs(out_dir: Path, report: dict[str, Any], judges: Judges, hints: np.ndarray,
                   generated: np.ndarray, real: np.ndarray, grid_images: int) -> tuple[Path, Path]:
-    """`fidelity.json` and `grid.png` (map | generated | judge's view | [reward model's view] | real) in
-    `out_dir`, each written atomically (a killed run's temp files swept)."""
+    """`fidelity.json` and `grid.png` in `out_dir`, each atomic (a killed run's temp files swept).
+
+    The grid's columns: map | generated | judge's view | [reward model's view] | real.
+    """
     for name in ("grid.png", "fidelity.json"):
         sweep_tmp(out_dir, name)
     k = min(grid_images, len(hints))

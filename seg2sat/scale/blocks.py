@@ -187,8 +187,10 @@ def compose_block(job: dict[str, Any], row: int, col: int, neighbours: dict[str,
 
 
 def _write_records(job: dict[str, Any], out: Path, bounds: Any, neighbours: dict[str, str], bid: str) -> str:
-    """A block COG's STAC item, then its sidecar, last (the block's completion mark): the checksums
-    of it and its raw block, and the plan that made it."""
+    """A block COG's STAC item, then its sidecar, last: the block's completion mark.
+
+    The sidecar holds the checksums of the COG and its raw block, and the plan that made it.
+    """
     out_dir = Path(job["out_dir"])
     sha = sha256_of(out_dir / out)
     item = raster_item(out_dir / out, block_provenance(job), item_id=bid, cog=True, title=f"Mosaic block {bid}",

@@ -14,8 +14,6 @@ The tree reads back with `seg2sat prepare data_root=<output_dir>` like FLAIR.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +21,13 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from seg2sat.atomic import sweep_tmp
+from seg2sat.atomic import check_space, space_line, sweep_tmp
 from seg2sat.errors import BatchError, ConfigError
 from seg2sat.evaluation.judge import JudgeConfig, find_prepared, load_or_train_judge
+from seg2sat.generation.files import SIDECAR_BYTES
 from seg2sat.generation.models import check_controlnet, peek_model
 from seg2sat.generation.sampling import Sampling
+from seg2sat.geo.raster import geotiff_bytes
 from seg2sat.synthesis.dataset import write_dataset
 from seg2sat.synthesis.edit import ShapeBank, needed_shapes
 from seg2sat.synthesis.engines import Progress, build_renderer, run_local, run_ray
@@ -77,7 +77,14 @@ def _dry_run(cfg: DictConfig, spec: SynthesisSpec, plans: list[TilePlan], todo: 
     lines.append(f"estimate  {window_steps} window-steps = {window_steps / rate / 3600:.3f} GPU-hours at {rate:g} "
                  f"window-steps/s ({cfg.estimate.device}); up to x{attempts} with retries under the quality bar "
                  f"{spec.quality.threshold:g}")
+    lines.append(space_line(Path(cfg.output_dir), _needed_bytes(todo, sampling.tile)))
     return "\n".join(lines)
+
+
+def _needed_bytes(todo: list[TilePlan], tile: int) -> int:
+    """What the tiles left write, uncompressed: image, mask, STAC Item and record each, and the dataset files."""
+    pair = geotiff_bytes(tile, tile, 3, "uint8") + geotiff_bytes(tile, tile, 1, "uint8") + 2 * SIDECAR_BYTES
+    return len(todo) * (pair + SIDECAR_BYTES) + 4 * SIDECAR_BYTES
 
 
 def _prepare(cfg: DictConfig) -> tuple[SynthesisSpec, Sampling, list[list[MaskItem]], ShapeBank, list[TilePlan]]:
@@ -95,19 +102,6 @@ def _prepare(cfg: DictConfig) -> tuple[SynthesisSpec, Sampling, list[list[MaskIt
     bank = ShapeBank.from_maps(edited, needed_shapes(t.code for t in spec.target.classes))
     check_reachable(spec, items, bank)
     return spec, sampling, items, bank, make_plan(spec, items)
-
-
-def _fault_hook(cfg: DictConfig) -> Any:
-    """`fault.kill_after`: SIGKILL this process once that many tiles are finished (the kill tests)."""
-    kill_after = (cfg.get("fault") or {}).get("kill_after")
-    if not kill_after:
-        return None
-
-    def hook(done: int, total: int) -> None:
-        if done >= int(kill_after):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return hook
 
 
 def _records(out_dir: Path, plans: list[TilePlan]) -> list[dict[str, Any]]:
@@ -132,13 +126,14 @@ def run(cfg: DictConfig) -> SynthesizeResult:
         print(result.table)
         return result
     log.info("synthesize: %s", result.table.replace("\n", "; "))
+    check_space(out_dir, _needed_bytes(todo, sampling.tile))  # writable, and not clearly short of space
     # 4. The judge once (cached), then the tiles.
     if cfg.judge_data:
         OmegaConf.update(cfg, "judge_data", str(find_prepared(cfg.judge_data)))
         load_or_train_judge(cfg.judge_data, JudgeConfig.from_config(cfg.judge))
     else:
         log.warning("synthesize: judge_data is null, so every pair is kept unjudged (no quality bar, no diversity)")
-    progress = Progress(len(todo), _fault_hook(cfg))
+    progress = Progress(len(todo))
     renderer = None
     if cfg.engine == "ray":
         main = run_ray(cfg, items, bank, spec.quality, todo, progress)

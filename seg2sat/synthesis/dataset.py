@@ -71,8 +71,11 @@ def targets_report(spec: SynthesisSpec, records: list[dict[str, Any]], made: lis
 
 def write_dataset(out_dir: Path, spec: SynthesisSpec, records: list[dict[str, Any]], real: list[np.ndarray],
                   model: str, diversity: dict[str, float] | None) -> dict[str, Any]:
-    """Metadata JSON, manifest and report from the tiles' records (atomic writes); returns the report."""
-    write_json(out_dir / METADATA_NAME, metadata(records, model))
+    """Manifest, report, STAC Collection, then FLAIR's metadata JSON from the tiles' records; returns the report.
+
+    Each write is atomic; the metadata (what `prepare` reads) comes last and is fsynced: it marks
+    the dataset finished.
+    """
     write_text(out_dir / MANIFEST, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     made = made_maps(out_dir, records)
     scores = [r["score"] for r in records if r["score"] is not None]
@@ -90,4 +93,5 @@ def write_dataset(out_dir: Path, spec: SynthesisSpec, records: list[dict[str, An
                          description=f"Generated aerial images and their land-cover masks (FLAIR codes), made by "
                                      f"{model} with `seg2sat synthesize`.", keywords=("synthetic", "training data",
                                                                                     "aerial imagery", "land cover"))
+    write_json(out_dir / METADATA_NAME, metadata(records, model), durable=True)
     return report

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from seg2sat import faults
 from seg2sat.evaluation.judge import JudgeConfig, load_or_train_judge
 from seg2sat.generation.models import load_configured, process_state
 from seg2sat.generation.sampling import PromptSpec, Sampling
@@ -52,10 +52,10 @@ class RendererActor:
 
 
 class Progress:
-    """Tiles done, tiles/s and an ETA in the log (and to a callback)."""
+    """Tiles done, tiles/s and an ETA in the log, JSON progress and the `synthesize.tile` fault point."""
 
-    def __init__(self, total: int, callback: Callable[[int, int], None] | None = None) -> None:
-        self.total, self.done, self.t0, self.callback = total, 0, time.perf_counter(), callback
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
 
     def tick(self, record: dict[str, Any]) -> None:
         """Count one finished tile."""
@@ -66,8 +66,7 @@ class Progress:
         log.info("synthesize: %d/%d tiles (%s %s, %s), %.2f tiles/s, ETA %.0f s", self.done, self.total,
                  record["id"], record["state"], score, rate, eta)
         report_progress(self.done, self.total, f"{self.done}/{self.total} tiles")
-        if self.callback is not None:
-            self.callback(self.done, self.total)
+        faults.progress("synthesize.tile", self.done)
 
 
 def run_local(renderer: Renderer, todo: list[TilePlan], progress: Progress) -> bool:

@@ -131,7 +131,7 @@ class Renderer:
             img, msk = self._write_pair(codes, image, item, record)
             record.update(image=str(img.relative_to(self.out_dir)), mask=str(msk.relative_to(self.out_dir)))
         record["seconds"] = round(time.perf_counter() - t0, 3)
-        write_json(record_path(self.out_dir, plan.id), record)
+        write_json(record_path(self.out_dir, plan.id), record, durable=True)  # last: the tile is finished
         return record
 
     def _write_pair(self, codes: np.ndarray, image: np.ndarray, item: MaskItem, record: dict[str, Any]

@@ -24,13 +24,16 @@ from seg2sat import faults
 from seg2sat.atomic import TMP_PREFIX
 from seg2sat.cli import report_error
 from seg2sat.errors import DiskFullError
+from seg2sat.geo.stac import collection_id
 
 REPO = Path(__file__).resolve().parents[2]
 TALLY: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # (fault, stage) -> [tried, survived]
 # Keys of a JSON output that say how a run went, not what it made: left out of comparisons.
 VOLATILE = {"seconds", "versions", "process", "planned", "compose_seconds", "kept_verified",
             "generated_this_run", "composed_this_run", "judge_trained_now", "counts", "attempts",
-            "sidecar_sha256"}  # a checksum over the sidecar, timings included
+            "sidecar_sha256",  # a checksum over the sidecar, timings included
+            "created", "datetime", "interval",  # STAC Items' and Collections' times
+            "title"}  # a STAC Collection is titled after its run folder
 # Files that record how far a run got: whole at every moment, equal to the reference only once finished.
 STATES = ("manifest.sqlite", "run.json", "report.json", "prepare_state.json",
           "model/seg2sat.json", "model/README.md")  # evaluate records its scores in the model folder
@@ -98,10 +101,15 @@ def assert_full_disk(exc: DiskFullError, under: Path, command: str) -> None:
 def _stable(value, root: str):
     """A JSON value without what says how a run went, its own folder written as `<root>`."""
     if isinstance(value, dict):
-        return {k: _stable(v, root) for k, v in value.items() if k not in VOLATILE}
+        # A STAC Collection id is named after its run folder (seg2sat.geo.stac.collection_id): items
+        # of a copied folder that a rerun did not redo keep the old name (docs/reliability.md).
+        return {k: "seg2sat-<root>" if k == "collection" and isinstance(v, str) else _stable(v, root)
+                for k, v in value.items() if k not in VOLATILE}
     if isinstance(value, list):
         return [_stable(v, root) for v in value]
-    return value.replace(root, "<root>") if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    return value.replace(root, "<root>").replace(collection_id(root), "seg2sat-<root>")
 
 
 def read_whole(path: Path, root: Path) -> object:

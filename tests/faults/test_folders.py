@@ -72,10 +72,12 @@ def test_folder_turned_read_only_mid_batch_stops_with_one_line(small_disk, tmp_p
     subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
     problems += [f"left {p}" for p in leftovers(disk)]
     finished = products(disk)
-    problems += [] if sorted(finished) == ["a.tif", "a.tif.json", "a_preview.png"] else [f"files: {sorted(finished)}"]
+    problems += [] if sorted(finished) == ["a.stac.json", "a.tif", "a.tif.json", "a_preview.png"] \
+        else [f"files: {sorted(finished)}"]
     infer.run(cfg)  # writable again: b and c only
     problems += [] if sorted(products(disk, ("report.json",))) == sorted(
-        f"{n}{s}" for n in "abc" for s in (".tif", ".tif.json", "_preview.png")) else ["rerun incomplete"]
+        [f"{n}{s}" for n in "abc" for s in (".stac.json", ".tif", ".tif.json", "_preview.png")] + ["collection.json"]) \
+        else ["rerun incomplete"]
     tally("read-only", "infer", not problems)
     assert problems == []
 

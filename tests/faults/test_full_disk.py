@@ -63,7 +63,8 @@ def test_infer(every, maps, tiny_model, small_disk, inject, monkeypatch, tmp_pat
     cfg = compose("infer", [f"paths.root_dir={tmp_path}", f"input={maps}", f"output_dir={out}", *FAST])
     points = write_points(lambda: infer.run(cfg, tiny_model), tmp_path / "points.log", monkeypatch)
     reference = products(out, ignore=("report.json",))
-    assert sorted(reference) == ["a.tif", "a.tif.json", "a_preview.png", "b.tif", "b.tif.json", "b_preview.png"]
+    assert sorted(reference) == ["a.stac.json", "a.tif", "a.tif.json", "a_preview.png", "b.stac.json", "b.tif",
+                                 "b.tif.json", "b_preview.png", "collection.json"]
     failures = survive_full_disk("infer", "infer", lambda: infer.run(cfg, tiny_model), out, disk,
                                  _indexes(points, every), reference, inject, ignore=("report.json",))
     assert not failures, "\n".join(failures)
@@ -232,6 +233,28 @@ def test_evaluate_and_judge_cache(every, trained_run, prepared_tiny, small_disk,
     sample = _indexes(points, every, keep=lambda path: "/model/" not in path and not path.endswith(".png"))
     failures = survive_full_disk("evaluate", "evaluate", lambda: evaluate.run(cfg), disk, disk, sample,
                                  reference, inject, fresh=fresh)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("every", [SAMPLE, EVERY])
+def test_synthesize(every, trained_run, prepared_tiny, small_disk, inject, monkeypatch, tmp_path):
+    """The synthetic pairs, their STAC Items and records, the dataset's metadata on the disk; the judge's cache off it."""
+    from seg2sat.evaluation.judge import JudgeConfig, load_or_train_judge
+    from seg2sat.stages import export, synthesize
+
+    disk = small_disk("16m")
+    model, out = tmp_path / "model", disk / "synthetic"
+    export.run(compose("export", [f"paths.root_dir={tmp_path}", f"run_dir={trained_run}", f"output_dir={model}"]))
+    cfg = compose("synthesize", [f"paths.root_dir={tmp_path}", f"paths.prepared_dir={prepared_tiny}",
+                                 f"model_path={model}", f"output_dir={out}", "target.n_tiles=3", "sampling.steps=2",
+                                 "sampling.batch_size=1", "diversity.maps=0", "quality.threshold=0.0", *FAST_JUDGE])
+    load_or_train_judge(prepared_tiny, JudgeConfig.from_config(cfg.judge))  # cached before the writes are counted
+    points = write_points(lambda: synthesize.run(cfg), tmp_path / "points.log", monkeypatch)
+    reference = products(out)
+    assert {"flair-1_metadata_aerial.json", "collection.json", "report.json", "synthesis.jsonl"} <= set(reference)
+    assert sum(name.endswith(".stac.json") for name in reference) == 3
+    failures = survive_full_disk("synthesize", "synthesize", lambda: synthesize.run(cfg), out, disk,
+                                 _indexes(points, every), reference, inject)
     assert not failures, "\n".join(failures)
 
 

@@ -206,3 +206,28 @@ def test_evaluate(moment, trained_run, prepared_tiny, one_thread, tmp_path, monk
         moment = f"kill@write:{points.index(str(tmp_path / 'ref' / 'eval' / 'fidelity.json')) + 1}"
     out = tmp_path / "out"
     assert survive_kill("evaluate", ["evaluate", *setup(out)], moment, out, reference, tmp_path) == []
+
+
+@pytest.mark.faults  # the default run kills synthesize once already (tests/synthesis)
+@pytest.mark.parametrize("moment", ["kill@synthesize.tile:2", "kill@write:2", "metadata commit"])
+def test_synthesize(moment, trained_run, prepared_tiny, one_thread, tmp_path, monkeypatch):
+    """Killed after a tile, before a pair's first rename, and before the dataset's metadata lands."""
+    from seg2sat.evaluation.judge import JudgeConfig, load_or_train_judge
+    from seg2sat.stages import export, synthesize
+
+    export.run(compose("export", [f"paths.root_dir={tmp_path}", f"run_dir={trained_run}",
+                                  f"output_dir={tmp_path / 'model'}"]))
+    common = [f"paths.root_dir={tmp_path}", f"paths.prepared_dir={prepared_tiny}", f"model_path={tmp_path / 'model'}",
+              "target.n_tiles=3", "sampling.steps=2", "sampling.batch_size=1", "diversity.maps=0",
+              "quality.threshold=0.0", *FAST_JUDGE]
+    ref = tmp_path / "ref"
+    cfg = compose("synthesize", [*common, f"output_dir={ref}"])
+    load_or_train_judge(prepared_tiny, JudgeConfig.from_config(cfg.judge))  # cached before the writes are counted
+    points = write_points(lambda: synthesize.run(compose("synthesize", [*common, f"output_dir={ref}"])),
+                          tmp_path / "points.log", monkeypatch)
+    reference = products(ref)
+    if moment == "metadata commit":
+        moment = f"kill@write:{points.index(str(ref / 'flair-1_metadata_aerial.json')) + 1}"
+    out = tmp_path / "out"
+    assert survive_kill("synthesize", ["synthesize", *common, f"output_dir={out}"], moment, out, reference,
+                        tmp_path) == []

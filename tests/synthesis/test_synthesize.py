@@ -16,6 +16,7 @@ import torch
 from seg2sat.config import compose
 from seg2sat.data.flair import METADATA_NAME
 from seg2sat.errors import ConfigError, DatasetError, ModelError
+from seg2sat.faults import FAULT_ENV
 from seg2sat.geo.stac import item_path
 from seg2sat.geo.styles import colormap
 from seg2sat.labels import code_of
@@ -133,8 +134,8 @@ def test_killed_and_resumed_equals_an_uninterrupted_run(model, prepared_tiny, tm
     killed = tmp_path / "killed"
     args = [f"paths.root_dir={tmp_path}", f"paths.prepared_dir={prepared_tiny}", f"model_path={model}",
             f"output_dir={killed}", "target.n_tiles=6", *FAST, "diversity.maps=0"]
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-m", "seg2sat.cli", "synthesize", *args, "fault.kill_after=3"], env=env,
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", FAULT_ENV: "kill@synthesize.tile:3"}
+    run = subprocess.run([sys.executable, "-m", "seg2sat.cli", "synthesize", *args], env=env,
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == -9, run.stderr[-1500:]
     assert len(list((killed / "tiles").glob("*.json"))) == 3 and not (killed / METADATA_NAME).exists()
