@@ -219,6 +219,11 @@ def atomic_path(path: str | Path, *, needed: int | None = None, check: Callable[
         with guard_writes(path.parent, needed):
             path.parent.mkdir(parents=True, exist_ok=True)
             faults.write_point(path, "start")
+            # Refuse a write that clearly cannot fit before a library starts it: libtiff meeting
+            # ENOSPC mid-file can corrupt its heap and abort the process (the fault suite's
+            # strata.tif case), so the one-line error must come first.
+            if needed and free_bytes(path.parent) < needed * SHORT_FRACTION:
+                raise disk_full(path.parent, needed)
             yield tmp
             if check is not None:
                 _check_written(path, tmp, check, needed)

@@ -32,6 +32,7 @@ FILLER_PREFIX = ".fault-fill-"
 FILL_LIMIT = 256 << 20  # never fill a file system larger than this (a test tmpfs is ~1 MB)
 
 _state: dict[str, object] = {"spec": None, "writes": 0}
+_started: dict[str, int] = {}  # path -> the number its write started with
 _callbacks: dict[str, list[Callable[[int], None]]] = {}
 
 
@@ -51,6 +52,7 @@ def _plan() -> dict[str, dict[str, int]]:
 def reset() -> None:
     """Restart the write counter (an in-process test running a stage twice with one spec)."""
     _state["writes"] = 0
+    _started.clear()
 
 
 def _log(line: str) -> None:
@@ -93,10 +95,11 @@ def write_point(path: Path, phase: str) -> None:
         return
     if phase == "start":
         _state["writes"] = n = int(_state["writes"]) + 1  # type: ignore[call-overload]
+        _started[str(path)] = n  # a folder's commit comes after the writes inside it
         _log(f"write {n} {path}")
         if plan.get("fill", {}).get("write") == n:
             fill_disk(path.parent)
-    elif plan.get("kill", {}).get("write") == _state["writes"]:
+    elif plan.get("kill", {}).get("write") == _started.get(str(path), _state["writes"]):
         kill()
 
 

@@ -254,7 +254,7 @@ def demo_model_missing(cfg: DictConfig) -> bool:
 
 
 def build_demo_model(cfg: DictConfig) -> Path:
-    """Run `seg2sat demo` with the app's paths (a few minutes on CPU), once.
+    """Run `seg2sat demo` with the app's paths (about 13 minutes on 2 CPU cores), once.
 
     Sessions (threads) and other app servers that press the button meanwhile wait on a lock
     file in the models folder, then find the model built and return at once.

@@ -65,7 +65,7 @@ def require_model() -> LoadedModel | None:
     """The model, or a message (and the button that builds the demo model) when it is missing."""
     cfg = config()
     if sup.demo_model_missing(cfg):
-        st.warning(f"No model at `{cfg.model_path}` yet. Build the embedded demo model here (a few minutes "
+        st.warning(f"No model at `{cfg.model_path}` yet. Build the embedded demo model here (about 13 minutes "
                    "on CPU), or run `seg2sat demo` in a terminal.")
         if st.button("Build the demo model", key="build_demo"):
             with st.status("Building the demo model: sample data, prepare, train, export...", expanded=True):

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from seg2sat.atomic import write_json, write_text
+from seg2sat.atomic import sweep_tmp, write_json, write_text
 from seg2sat.data.flair import METADATA_NAME
 from seg2sat.geo.raster import read_raster
-from seg2sat.geo.stac import item_path, write_collection
+from seg2sat.geo.stac import COLLECTION_NAME, item_path, write_collection
 from seg2sat.labels import BY_CODE
 from seg2sat.synthesis.plan import class_table
 from seg2sat.synthesis.spec import SynthesisSpec
@@ -76,6 +76,8 @@ def write_dataset(out_dir: Path, spec: SynthesisSpec, records: list[dict[str, An
     Each write is atomic; the metadata (what `prepare` reads) comes last and is fsynced: it marks
     the dataset finished.
     """
+    for name in (MANIFEST, REPORT, COLLECTION_NAME, METADATA_NAME):  # what a killed run left
+        sweep_tmp(out_dir, name)
     write_text(out_dir / MANIFEST, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     made = made_maps(out_dir, records)
     scores = [r["score"] for r in records if r["score"] is not None]

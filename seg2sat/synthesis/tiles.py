@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from seg2sat.atomic import write_json
+from seg2sat.atomic import sweep_tmp, write_json
 from seg2sat.data.synthetic import tile_paths
 from seg2sat.evaluation.judge import Judge
 from seg2sat.evaluation.scores import segmentation_scores
@@ -138,6 +138,8 @@ class Renderer:
                     ) -> tuple[Path, Path]:
         """The mask (with its colour table), the image and the pair's STAC Item, each atomically."""
         img, msk = tile_paths(self.out_dir, record["domain"], record["zone"], record["id"])
+        for path in (msk, img, item_path(img)):  # what a killed run left of this pair
+            sweep_tmp(path.parent, path.name)
         write_geotiff(msk, codes[None], item.crs, item.transform, colormap=colormap())
         write_geotiff(img, np.moveaxis(image, -1, 0), item.crs, item.transform)
         provenance = Provenance(model=str(self.model.source), landcover=item.ref, prompt=record["prompt"],
