@@ -162,6 +162,11 @@ def check_space(folder: str | Path, needed: int, probe: bool = True) -> int:
             marker.unlink()
     if needed:
         _EXPECTED[folder.absolute()] = int(needed)
+    return _room_for(folder, needed)
+
+
+def _room_for(folder: Path, needed: int) -> int:
+    """Free bytes of `folder`; `DiskFullError` when clearly less than `needed` (see `SHORT_FRACTION`)."""
     free = free_bytes(folder)
     if free < needed * SHORT_FRACTION:
         raise disk_full(folder, needed)
@@ -222,8 +227,8 @@ def atomic_path(path: str | Path, *, needed: int | None = None, check: Callable[
             # Refuse a write that clearly cannot fit before a library starts it: libtiff meeting
             # ENOSPC mid-file can corrupt its heap and abort the process (the fault suite's
             # strata.tif case), so the one-line error must come first.
-            if needed and free_bytes(path.parent) < needed * SHORT_FRACTION:
-                raise disk_full(path.parent, needed)
+            if needed:
+                _room_for(path.parent, needed)
             yield tmp
             if check is not None:
                 _check_written(path, tmp, check, needed)

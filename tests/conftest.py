@@ -151,3 +151,15 @@ def stac_errors():
         return found
 
     return errors
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test, restored after: as subprocesses and Ray workers run (so
+    results compare bit for bit), and no spinning of 2 threads on 2 shared cores."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

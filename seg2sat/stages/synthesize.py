@@ -64,7 +64,7 @@ def _maps(spec: SynthesisSpec, tile: int, resolution: float | None) -> list[list
 
 
 def _dry_run(cfg: DictConfig, spec: SynthesisSpec, plans: list[TilePlan], todo: list[TilePlan],
-             sampling: Sampling) -> str:
+             sampling: Sampling, needed: int) -> str:
     """Tiles by source, edits, targets and the estimate, as the dry run prints them."""
     lines = [f"tiles     {len(plans)} planned, {len(todo)} to make ({len(plans) - len(todo)} finished here)",
              "sources   " + ", ".join(f"{s.kind}:{s.path.name} {sum(p.source == i for p in plans)}"
@@ -77,7 +77,7 @@ def _dry_run(cfg: DictConfig, spec: SynthesisSpec, plans: list[TilePlan], todo: 
     lines.append(f"estimate  {window_steps} window-steps = {window_steps / rate / 3600:.3f} GPU-hours at {rate:g} "
                  f"window-steps/s ({cfg.estimate.device}); up to x{attempts} with retries under the quality bar "
                  f"{spec.quality.threshold:g}")
-    lines.append(space_line(Path(cfg.output_dir), _needed_bytes(todo, sampling.tile)))
+    lines.append(space_line(Path(cfg.output_dir), needed))
     return "\n".join(lines)
 
 
@@ -120,13 +120,14 @@ def run(cfg: DictConfig) -> SynthesizeResult:
     out_dir = Path(cfg.output_dir)
     sweep_tmp(out_dir / RECORDS_DIR)
     todo = [p for p in plans if cfg.overwrite or read_record(out_dir, p.id) is None]
-    result = SynthesizeResult(out_dir=out_dir, plans=plans, table=_dry_run(cfg, spec, plans, todo, sampling))
+    needed = _needed_bytes(todo, sampling.tile)
+    result = SynthesizeResult(out_dir=out_dir, plans=plans, table=_dry_run(cfg, spec, plans, todo, sampling, needed))
     # 3. Dry run.
     if cfg.check:
         print(result.table)
         return result
     log.info("synthesize: %s", result.table.replace("\n", "; "))
-    check_space(out_dir, _needed_bytes(todo, sampling.tile))  # writable, and not clearly short of space
+    check_space(out_dir, needed)  # writable, and not clearly short of space
     # 4. The judge once (cached), then the tiles.
     if cfg.judge_data:
         OmegaConf.update(cfg, "judge_data", str(find_prepared(cfg.judge_data)))

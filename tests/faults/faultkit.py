@@ -290,3 +290,13 @@ def survive_kill(stage: str, args: list[str], spec: str, out: Path, reference: d
     problems += differences(products(out, ignore), reference) + [f"left {p}" for p in leftovers(out)]
     tally("SIGKILL", stage, not problems)
     return [f"{spec}: {p}" for p in problems]
+
+
+def sample_flair_tree(root: Path, tiles_per_domain: int) -> Path:
+    """A synthetic FLAIR tree under `root`: domains D064_2021 and D033_2020 (64 px tiles)."""
+    from seg2sat.config import compose
+    from seg2sat.stages import sample_data
+
+    sample_data.run(compose("sample_data", [f"paths.root_dir={root}", "domains=[D064_2021,D033_2020]",
+                                            f"tiles_per_domain={tiles_per_domain}"]))
+    return root / "data" / "sample_flair"

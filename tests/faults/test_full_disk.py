@@ -15,7 +15,15 @@ import shutil
 import numpy as np
 import pytest
 from affine import Affine
-from faultkit import cli, one_of_each, products, survive_full_disk, tally, write_points
+from faultkit import (
+    cli,
+    one_of_each,
+    products,
+    sample_flair_tree,
+    survive_full_disk,
+    tally,
+    write_points,
+)
 
 from seg2sat.config import compose
 from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
@@ -126,12 +134,7 @@ def test_mosaic(every, mosaic_input, tiny_model, small_disk, inject, monkeypatch
 @pytest.fixture(scope="module")
 def flair_tree(tmp_path_factory):
     """A synthetic FLAIR tree: 2 domains of 2 tiles (64 px)."""
-    from seg2sat.stages import sample_data
-
-    root = tmp_path_factory.mktemp("flair")
-    sample_data.run(compose("sample_data", [f"paths.root_dir={root}", "domains=[D064_2021,D033_2020]",
-                                            "tiles_per_domain=2"]))
-    return root / "data" / "sample_flair"
+    return sample_flair_tree(tmp_path_factory.mktemp("flair"), 2)
 
 
 @pytest.mark.parametrize("every", [SAMPLE, EVERY])

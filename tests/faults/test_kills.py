@@ -15,8 +15,16 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from faultkit import REPO, differences, killed, products, survive_kill, tally, write_points
+from faultkit import (
+    REPO,
+    differences,
+    killed,
+    products,
+    sample_flair_tree,
+    survive_kill,
+    tally,
+    write_points,
+)
 from test_full_disk import FAST, FAST_JUDGE, MOSAIC, RNG_FILES, _map
 
 from seg2sat.config import compose
@@ -26,15 +34,6 @@ from seg2sat.faults import FAULT_ENV
 def _every(*moments):
     """The first moment in the default run, all of them under `-m faults`."""
     return [pytest.param(m, marks=() if i == 0 else pytest.mark.faults, id=m) for i, m in enumerate(moments)]
-
-
-@pytest.fixture
-def one_thread():
-    """Torch on one thread, as the subprocesses run (so results compare bit for bit)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +58,7 @@ def test_infer(moment, maps, one_thread, tmp_path):
 
 @pytest.fixture(scope="module")
 def flair_tree(tmp_path_factory):
-    from seg2sat.stages import sample_data
-
-    root = tmp_path_factory.mktemp("flair")
-    sample_data.run(compose("sample_data", [f"paths.root_dir={root}", "domains=[D064_2021,D033_2020]",
-                                            "tiles_per_domain=3"]))
-    return root / "data" / "sample_flair"
+    return sample_flair_tree(tmp_path_factory.mktemp("flair"), 3)
 
 
 @pytest.mark.parametrize("moment", _every("kill@prepare.tile:2", "kill@write:3", "kill@prepare.tile:6"))

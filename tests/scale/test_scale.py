@@ -32,15 +32,6 @@ FAST = ["model_path=tiny-random", "sampling.steps=2", "sampling.guidance_scale=1
 X0, Y0 = 1296 * 0.2, 6_000_000.0 - 8 * 0.2
 
 
-@pytest.fixture
-def one_thread():
-    """Torch on one thread for the test (2 threads on 2 shared cores spin); restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _landcover(path: Path, bad_block: bool = False) -> Path:
     rng = np.random.default_rng(0)
     codes = np.repeat(np.repeat(rng.choice([1, 2, 6, 10, 11], size=(8, 8)), 32, 0), 32, 1)[:240, :232]

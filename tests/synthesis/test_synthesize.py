@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 
 from seg2sat.config import compose
 from seg2sat.data.flair import METADATA_NAME
@@ -145,7 +144,7 @@ def test_killed_and_resumed_equals_an_uninterrupted_run(model, prepared_tiny, tm
     assert (killed / METADATA_NAME).read_bytes() == (full / METADATA_NAME).read_bytes()
 
 
-def test_one_and_two_ray_workers_write_the_same_bytes(model, prepared_tiny, tmp_path):
+def test_one_and_two_ray_workers_write_the_same_bytes(model, prepared_tiny, tmp_path, one_thread):
     ray = pytest.importorskip("ray", reason="the ray extra is not installed")
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     ray.init(num_cpus=2, _temp_dir=temp, include_dashboard=False, log_to_driver=False)
@@ -157,14 +156,10 @@ def test_one_and_two_ray_workers_write_the_same_bytes(model, prepared_tiny, tmp_
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
-    # Ray gives each worker one CPU and so one torch thread; the local run matches it (another
-    # thread count sums in another order and can move a pixel by one level).
-    local, threads = tmp_path / "local", torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        synthesize.run(_cfg(local, model, prepared_tiny, "diversity.maps=0"))
-    finally:
-        torch.set_num_threads(threads)
+    # Ray gives each worker one CPU and so one torch thread; the local run matches it (`one_thread`:
+    # another thread count sums in another order and can move a pixel by one level).
+    local = tmp_path / "local"
+    synthesize.run(_cfg(local, model, prepared_tiny, "diversity.maps=0"))
     assert _bytes(outs[1]) == _bytes(outs[2]) == _bytes(local) and len(_bytes(local)) == 12
 
 
