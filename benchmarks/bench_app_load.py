@@ -26,7 +26,8 @@ import psutil
 import torch
 
 from seg2sat.config import compose
-from seg2sat.generation.models import load_model, resolve_device_dtype
+from seg2sat.generation.devices import resolve_device_dtype
+from seg2sat.generation.models import load_model
 from seg2sat.generation.sampling import Sampling
 from seg2sat.serving import app_support as sup
 from seg2sat.serving.device_queue import DeviceQueue

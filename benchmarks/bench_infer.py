@@ -51,14 +51,10 @@ from devices import device_name, device_slug, fmt_mfu, peak_tflops, rates, versi
 
 from seg2sat.atomic import write_json
 from seg2sat.data.synthetic import scene_codes
-from seg2sat.generation.models import (
-    TINY_PRESET,
-    TINY_RESOLUTION,
-    auto_flag,
-    resolve_device_dtype,
-    speed_up_pipeline,
-)
-from seg2sat.generation.tiling import generate_image, generate_tiled, initial_noise
+from seg2sat.generation.devices import auto_flag, resolve_device_dtype, speed_up_pipeline
+from seg2sat.generation.tiling import generate_image, generate_tiled
+from seg2sat.generation.tiny import TINY_PRESET, TINY_RESOLUTION
+from seg2sat.generation.windows import initial_noise
 from seg2sat.hints import codes_to_hint
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -76,15 +72,15 @@ ISSUE_WINDOW_STEP_TFLOP = 2.18  # issue 11: one window-step with CFG at SD-2.1-b
 
 def build_pipe(preset: str, device: torch.device, dtype: torch.dtype) -> Any:
     """Our pipeline (UniPC) with random weights, eager, on `device`."""
-    from seg2sat.generation.models import (
-        _pipeline,
+    from seg2sat.generation.tiny import (
+        assemble_pipeline,
         build_sd21_base_random_components,
         build_tiny_components,
         controlnet_from_unet,
     )
 
     parts = build_tiny_components(SEED) if preset == TINY_PRESET else build_sd21_base_random_components(SEED)
-    pipe = _pipeline(parts, controlnet_from_unet(parts["unet"], parts["vae"]), "unipc")
+    pipe = assemble_pipeline(parts, controlnet_from_unet(parts["unet"], parts["vae"]), "unipc")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device=device, dtype=dtype)
 
@@ -97,7 +93,7 @@ def peer_pipeline(pipe: Any, share_models: bool) -> Any:
     """
     from diffusers import StableDiffusionControlNetPipeline
 
-    from seg2sat.generation.models import make_scheduler
+    from seg2sat.generation.schedulers import make_scheduler
 
     unet = pipe.unet if share_models else copy.deepcopy(pipe.unet)
     controlnet = pipe.controlnet if share_models else copy.deepcopy(pipe.controlnet)
@@ -173,7 +169,7 @@ def count_flops(parts: dict[str, Any], tile: int) -> dict[str, float]:
 
 def meta_flops(preset: str, tile: int) -> dict[str, float]:
     """`count_flops` on the preset's models built on the meta device: no weights, no compute, seconds."""
-    from seg2sat.generation.models import (
+    from seg2sat.generation.tiny import (
         build_sd21_base_random_components,
         build_tiny_components,
         controlnet_from_unet,
@@ -258,7 +254,8 @@ def tiled_row(pipe: Any, args: argparse.Namespace, scale: int, batch_size: int) 
     from affine import Affine
     from rasterio.windows import Window
 
-    from seg2sat.geo.raster import FLAIR_CRS, open_geotiff_writer
+    from seg2sat.geo.geotiff import open_geotiff_writer
+    from seg2sat.geo.raster import FLAIR_CRS
 
     device, tile = pipe.unet.device, args.tile
     side = tile * int(round(scale ** 0.5))

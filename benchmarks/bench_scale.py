@@ -98,8 +98,10 @@ def seams_part(side: int, steps: int) -> dict:
 
     from seg2sat.data.synthetic import scene_codes
     from seg2sat.generation.models import EMBEDDED_TINY_BASE, load_pipeline_from_base
-    from seg2sat.generation.tiling import generate_image, seam_ratio
-    from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
+    from seg2sat.generation.tiling import generate_image
+    from seg2sat.generation.windows import seam_ratio
+    from seg2sat.geo.geotiff import write_geotiff
+    from seg2sat.geo.raster import FLAIR_CRS
     from seg2sat.stages import mosaic
 
     torch.set_num_threads(1)  # this benchmark process only: 2 threads spin on 2 shared cores
@@ -146,7 +148,8 @@ def throughput_part(side: int, steps: int) -> dict:
     from affine import Affine
 
     from seg2sat.data.synthetic import scene_codes
-    from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
+    from seg2sat.geo.geotiff import write_geotiff
+    from seg2sat.geo.raster import FLAIR_CRS
 
     work = Path(tempfile.mkdtemp(prefix="tput-"))
     codes = scene_codes(side, np.random.default_rng(1)).astype(np.uint8)

@@ -36,16 +36,18 @@ from seg2sat.config import compose
 from seg2sat.data.dataset import PreparedDataset, collate, hint_to_float
 from seg2sat.generation.models import (
     EMBEDDED_TINY_BASE,
-    TINY_PRESET,
-    TINY_RESOLUTION,
     build_controlnet,
-    build_sd21_base_random_components,
-    build_tiny_components,
     load_components,
     save_pipeline_parts,
 )
+from seg2sat.generation.tiny import (
+    TINY_PRESET,
+    TINY_RESOLUTION,
+    build_sd21_base_random_components,
+    build_tiny_components,
+)
 from seg2sat.stages import prepare, sample_data, train
-from seg2sat.training.loop import num_workers
+from seg2sat.training.setup import num_workers
 
 
 def _peak_mb(device: torch.device) -> float:

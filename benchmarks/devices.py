@@ -51,6 +51,12 @@ def versions() -> dict[str, str]:
     import accelerate
     import diffusers
 
-    return {"seg2sat": importlib.metadata.version("seg2sat"), "torch": torch.__version__,
+    def version(dist: str) -> str:  # a source checkout on a bare GPU machine has no seg2sat metadata
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {"seg2sat": version("seg2sat"), "torch": torch.__version__,
             "diffusers": diffusers.__version__, "accelerate": accelerate.__version__, "cuda": str(torch.version.cuda),
             "python": platform.python_version()}

@@ -30,7 +30,8 @@ from PIL import Image
 from seg2sat.config import compose
 from seg2sat.data.flair import METADATA_NAME
 from seg2sat.generation.models import EMBEDDED_TINY_BASE
-from seg2sat.geo.raster import FLAIR_CRS, FLAIR_RESOLUTION, write_geotiff
+from seg2sat.geo.geotiff import write_geotiff
+from seg2sat.geo.raster import FLAIR_CRS, FLAIR_RESOLUTION
 from seg2sat.hints import hint_to_codes
 from seg2sat.stages import evaluate, export, prepare
 from seg2sat.training.loop import train

@@ -7,12 +7,14 @@ Hydra (so `--cfg job`, `--multirun` and overrides work the same) and call the st
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import os
+import re
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from omegaconf import DictConfig
 
@@ -32,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "mosaic": ("mosaic", "seg2sat.stages.mosaic", "a whole territory as one seamless mosaic (blocks, resumable; engine=ray)"),
     "synthesize": ("synthesize", "seg2sat.stages.synthesize", "a FLAIR-layout dataset of generated image-mask pairs, "
                    "aimed at the classes a dataset lacks"),
+    "segment": ("segment", "seg2sat.stages.segment", "train and score a reference segmenter: does a (synthetic) set help?"),
+    "specialize": ("specialize", "seg2sat.stages.specialize", "adapt a model's base to a place's unlabelled images (LoRA), keeping its ControlNet"),
     "app": ("app", "seg2sat.stages.app", "start the Streamlit app (draw, edit, batch, model, course, search)"),
     "search": ("search", "seg2sat.stages.search", "tiles of a prepared dataset by a sentence (French/English) or by example"),
     "course": ("course", "seg2sat.course.lessons", "companion lessons in the terminal (`seg2sat course lesson=list` lists them)"),
@@ -68,6 +72,97 @@ def _action(rest: list[str]) -> list[str]:
     if rest and "=" not in rest[0] and rest[0][:1] not in ("-", "~", "+"):
         return [f"action={rest[0]}", *rest[1:]]
     return rest
+
+
+# Free text (a sentence, a place, a prompt or its template) as a shell user types it: Hydra's
+# override grammar refuses an apostrophe or a letter outside ASCII in a bare value ("l'eau",
+# "forêt") and reads a comma as a sweep, so these values are quoted for it.
+FREE_TEXT_KEYS = frozenset({"query", "text", "template", "place"})
+
+
+def hydra_quote(value: str) -> str:
+    """`value` as one Hydra quoted string (its backslashes kept, its quotes escaped)."""
+    value = re.sub(r'(\\+)(?="|$)', lambda m: m.group(1) * 2, value)  # literal except before a quote
+    return '"' + value.replace('"', '\\"') + '"'
+
+
+def _parses(arg: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        OverridesParser.create().parse_override(arg)
+    except HydraException:
+        return False
+    return True
+
+
+def quote_free_text(arg: str) -> str:
+    """`query=forêt de l'eau` -> `query="forêt de l'eau"`; other overrides unchanged.
+
+    A free-text key's value is quoted unless it is already a quoted string or null; any other
+    value is quoted only where Hydra's lexer would refuse it (a file name with an accent).
+    """
+    key, sep, value = arg.partition("=")
+    if not sep or arg.startswith("-") or not value:
+        return arg
+    quoted = len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" and _parses(arg)
+    free = key.lstrip("+~").rsplit(".", 1)[-1] in FREE_TEXT_KEYS and value != "null"
+    if quoted or not (free or not _parses(arg)):
+        return arg
+    return f"{key}={hydra_quote(value)}"
+
+
+def _leaf_keys(node: object, prefix: str = "") -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaf_keys(value, f"{prefix}{key}.") if isinstance(value, dict) and value else [f"{prefix}{key}"]
+
+
+def closest_key(config_name: str, key: str) -> str | None:
+    """The option a mistyped or moved key most likely means (`steps` -> `sampling.steps`)."""
+    from omegaconf import OmegaConf
+
+    from seg2sat.config import compose
+
+    keys = list(_leaf_keys(OmegaConf.to_container(compose(config_name), resolve=False)))
+    leaf = key.rsplit(".", 1)[-1]
+    moved = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    return (moved or close or [None])[0]
+
+
+def check_overrides(command: str, config_name: str, overrides: Sequence[str]) -> str | None:
+    """None when the overrides compose; else one line saying which is wrong and what was meant.
+
+    Hydra alone would print "Could not override 'steps'. To append to your config use
+    +steps=2" (which would silently add a key nothing reads) and exit 1.
+    """
+    from hydra.errors import HydraException
+
+    from seg2sat.config import compose
+
+    plain = [o for o in overrides if "=" in o and not o.startswith(("-", "hydra.", "hydra/"))]
+    try:
+        compose(config_name, plain)
+    except HydraException as exc:
+        return _explain(command, config_name, plain, " ".join(str(exc).split()))
+    return None
+
+
+def _explain(command: str, config_name: str, overrides: Sequence[str], message: str) -> str:
+    values = dict(o.lstrip("+~").partition("=")[::2] for o in overrides)
+    if found := re.search(r"Could not override '([^']+)'", message) or re.search(r"Key '([^']+)' is not in struct",
+                                                                                    message):
+        key = found.group(1)
+        hint = closest_key(config_name, key)
+        value = values.get(key, "...")
+        also = f"; did you mean {hint}={value}?" if hint else ""
+        return f"{key}={value}: no such option{also} (`seg2sat {command} --cfg job` lists every option)"
+    if found := re.search(r"Could not find '([^']+)/([^']+)'.*?Available options in '[^']+': (.*?)(?: Config search path|$)", message):
+        group, choice, options = found.groups()
+        return f"{group}={choice}: no such choice; available: {', '.join(options.split())}"
+    return message
 
 
 def report_error(command: str, exc: Seg2SatError) -> int:
@@ -123,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A plain PNG/JPEG is placed on a local grid on purpose (crs=); GDAL's notice adds nothing.
         warnings.filterwarnings("ignore", message="Dataset has no geotransform")
     config_name, module_name, _ = COMMANDS[command]
+    rest = [quote_free_text(a) for a in rest]
+    if not debug and not {"-m", "--multirun"} & set(rest) and (problem := check_overrides(command, config_name, rest)):
+        print(f"seg2sat {command}: error: {problem}", file=sys.stderr)
+        return 2
     run = importlib.import_module(module_name).run
     # Hydra reads sys.argv: make it look like `python <stage>.py <overrides>`.
     sys.argv = [f"seg2sat {command}", *rest]

@@ -63,6 +63,13 @@ NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
 # gap), so "is a code" is two comparisons instead of a set lookup per pixel.
 OUTSIDE_LEGEND: str = f"outside the FLAIR legend {MIN_CODE}..{MAX_CODE}"
 
+# A mask pixel whose label is not to be trusted (a generated pixel the judge does not read as its
+# class, seg2sat.synthesis.trust): left out of every loss (`ignore_index`) and every score. 255,
+# the usual ignore label of segmentation toolkits, is far from any code and indexes no PALETTE
+# row, so an ignored pixel can never silently turn into a class colour. A dataset whose masks hold
+# it declares it in its metadata (`"ignore_code"`, seg2sat.data.flair).
+IGNORE_CODE: int = 255
+
 # PALETTE[code] is the colour of `code`; row 0 is not a class (FLAIR codes start at 1) and is
 # black only so that `PALETTE[mask]` is one vectorised lookup. Validate codes before using it.
 PALETTE: np.ndarray = np.zeros((MAX_CODE + 1, 3), dtype=np.uint8)

@@ -16,6 +16,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+# `python -m pytest` runs on 2 workers (pyproject's addopts: pytest-xdist, `--dist loadgroup`): the
+# suite is mostly one-threaded Python (user time ~= wall time on 2 cores), so 2 workers of one torch
+# thread each use both cores without oversubscribing them. Ray tests share one worker: two local Ray
+# clusters at once would contend for the same cores and ports.
+SERIAL_GROUPS = {"test_scale.py": "ray", "test_synthesize.py": "ray"}
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # and for the subprocesses a test starts
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if group := SERIAL_GROUPS.get(item.path.name):
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread_per_worker():
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def _shared(sub: str) -> Path:
     path = SHARED / sub
     if not path.is_dir():
@@ -49,14 +72,48 @@ def prepared_tiny(tmp_path_factory) -> Path:
     return Path(result.prepared_dir)
 
 
+TRAIN_FAST = ["model.random_weights=true", "batch_size=4", "log_every=1", "validation_steps=0"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(prepared_tiny, tmp_path_factory):
+    """One 2-step run of the tiny random preset on `prepared_tiny` (a checkpoint at step 2),
+    trained once per session: read it, never write into it (export, evaluate and the fault
+    suite only read a run)."""
+    from seg2sat.config import compose
+    from seg2sat.stages import train
+
+    root = tmp_path_factory.mktemp("trained_run")
+    return train.run(compose("train", [f"paths.root_dir={root}", f"prepared_dir={prepared_tiny}", *TRAIN_FAST,
+                                       "max_steps=2", "checkpointing_steps=2"]))
+
+
+@pytest.fixture(scope="session")
+def exported_model(trained_run, tmp_path_factory) -> Path:
+    """`trained_run` exported once per session; tests that change a model take `exported`."""
+    from seg2sat.config import compose
+    from seg2sat.stages import export
+
+    root = tmp_path_factory.mktemp("exported")
+    return export.run(compose("export", [f"paths.root_dir={root}", f"run_dir={trained_run.run_dir}",
+                                         f"output_dir={root / 'models' / 'm'}"])).model_dir
+
+
+@pytest.fixture
+def exported(exported_model, tmp_path) -> Path:
+    """A private copy of `exported_model` (evaluate writes its scores into the model's card)."""
+    import shutil
+
+    return Path(shutil.copytree(exported_model, tmp_path / "models" / "m"))
+
+
 @pytest.fixture
 def train_cfg(prepared_tiny, tmp_path):
     """compose("train") on the tiny random preset and `prepared_tiny`, run folder in tmp_path."""
     from seg2sat.config import compose
 
     def make(*overrides: str):
-        return compose("train", [f"paths.root_dir={tmp_path}", f"prepared_dir={prepared_tiny}",
-                                 "batch_size=4", "log_every=1", "validation_steps=0", *overrides])
+        return compose("train", [f"paths.root_dir={tmp_path}", f"prepared_dir={prepared_tiny}", *TRAIN_FAST, *overrides])
 
     return make
 

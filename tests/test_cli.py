@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 
@@ -14,20 +15,37 @@ import rasterio
 from affine import Affine
 from PIL import Image
 
-from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
+from seg2sat.geo.geotiff import write_geotiff
+from seg2sat.geo.raster import FLAIR_CRS
 from seg2sat.hints import codes_to_hint
 
 GRID = Affine(0.2, 0, 1000, 0, -0.2, 2000)
 FAST = ["model_path=tiny-random", "sampling.steps=2", "preview=false"]
 
 
-def seg2sat(*args, cwd):
-    """`seg2sat ...` in a subprocess, as a user runs it; returns (exit status, stdout, stderr)."""
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run([sys.executable, "-m", "seg2sat.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
-    return proc.returncode, proc.stdout, proc.stderr
+@pytest.fixture
+def seg2sat(monkeypatch, capsys):
+    """`seg2sat ...` as a user runs it, in this process (the subprocess route is
+    `test_root_scripts_...`); returns (exit status, stdout, stderr)."""
+    from seg2sat.cli import QUIET_ENV, main
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    for key, value in QUIET_ENV.items():  # main() sets them; keep them to this test
+        monkeypatch.setenv(key, os.environ.get(key, value))
+
+    def run(*args, cwd):
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", list(sys.argv))
+        capsys.readouterr()
+        with warnings.catch_warnings():
+            try:
+                rc = main(list(args))
+            except SystemExit as exc:
+                rc = exc.code
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run
 
 
 def _map(path, value=6, shape=(64, 96)):
@@ -53,7 +71,7 @@ def _rotated(path):
     (lambda p: write_geotiff(p, np.random.default_rng(0).random((5, 32, 32)).astype(np.float32), FLAIR_CRS, GRID),
      "5 bands of float32; a class raster has one band (or 3/4 uint8 bands for a colour hint)"),
 ])
-def test_a_bad_input_is_one_line_and_exit_2_before_any_model_loads(tmp_path, make, problem):
+def test_a_bad_input_is_one_line_and_exit_2_before_any_model_loads(seg2sat, tmp_path, make, problem):
     bad = tmp_path / "bad.tif"
     make(bad)
     # The model folder does not exist: had it been loaded first, the error would be about it.
@@ -65,7 +83,7 @@ def test_a_bad_input_is_one_line_and_exit_2_before_any_model_loads(tmp_path, mak
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_input_and_debug_traceback(tmp_path):
+def test_missing_input_and_debug_traceback(seg2sat, tmp_path):
     rc, _, err = seg2sat("infer", "input=nowhere.tif", *FAST, cwd=tmp_path)
     assert (rc, err.strip()) == (2, "seg2sat infer: error: nowhere.tif: input not found (input=)")
     rc, _, err = seg2sat("infer", "input=nowhere.tif", "--debug", *FAST, cwd=tmp_path)
@@ -79,7 +97,7 @@ REPO = Path(__file__).resolve().parent.parent
     ("infer.py", ["input=nowhere.tif", *FAST], "seg2sat infer: error: nowhere.tif: input not found (input=)"),
     ("train.py", ["model=sdxl"], "seg2sat train: error: model preset 'sdxl' cannot be trained by this loop yet"),
 ])
-def test_root_scripts_give_the_cli_one_line_errors_and_exit_codes(tmp_path, script, args, message):
+def test_root_scripts_give_the_cli_one_line_errors_and_exit_codes(seg2sat, tmp_path, script, args, message):
     """`python infer.py ...` is `seg2sat infer ...`: same one-line error, same exit status."""
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
@@ -91,7 +109,7 @@ def test_root_scripts_give_the_cli_one_line_errors_and_exit_codes(tmp_path, scri
     assert err.strip().startswith(message) and "Traceback" not in direct.stderr
 
 
-def test_a_batch_survives_a_bad_file_and_reports_it(tmp_path):
+def test_a_batch_survives_a_bad_file_and_reports_it(seg2sat, tmp_path):
     maps = tmp_path / "maps"
     maps.mkdir()
     _map(maps / "a.tif")
@@ -117,7 +135,7 @@ def test_a_batch_survives_a_bad_file_and_reports_it(tmp_path):
     assert rc == 1 and "0 done, 2 skipped (already finished), 1 failed of 3 inputs" in err
 
 
-def test_dry_run_prints_a_table_and_writes_nothing(tmp_path):
+def test_dry_run_prints_a_table_and_writes_nothing(seg2sat, tmp_path):
     maps = tmp_path / "maps"
     maps.mkdir()
     _map(maps / "a.tif", shape=(64, 160))
@@ -136,7 +154,7 @@ def test_dry_run_prints_a_table_and_writes_nothing(tmp_path):
     assert err.strip().splitlines()[-1] == "seg2sat infer: error: 1 of 2 inputs would fail (listed above)"
 
 
-def test_edit_a_plain_photo_from_the_command_line(tmp_path):
+def test_edit_a_plain_photo_from_the_command_line(seg2sat, tmp_path):
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
     Image.fromarray(photo).save(tmp_path / "photo.png")
@@ -158,7 +176,7 @@ def test_edit_a_plain_photo_from_the_command_line(tmp_path):
     assert rc == 2 and "pass crs=" in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_foreign_product_is_refused_without_legend_and_recognised_with_auto(tmp_path):
+def test_a_foreign_product_is_refused_without_legend_and_recognised_with_auto(seg2sat, tmp_path):
     # US NLCD codes (open water, deciduous forest, cultivated crops) in its CONUS Albers grid.
     codes = np.full((1, 64, 64), 41, np.uint8)
     codes[0, :20] = 11
@@ -177,3 +195,66 @@ def test_a_foreign_product_is_refused_without_legend_and_recognised_with_auto(tm
     assert sidecar["legend"] == "nlcd"
     assert sidecar["prompt"].startswith("Aerial view of Craig, Moffat County, Colorado, United States. ")
     assert {"water", "deciduous", "agricultural land"} <= set(sidecar["prompt"].split(". ", 1)[1].split(", "))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["infer", "steps=2"], "seg2sat infer: error: steps=2: no such option; did you mean sampling.steps=2? "
+                           "(`seg2sat infer --cfg job` lists every option)"),
+    (["infer", "sampling.stepz=4"], "seg2sat infer: error: sampling.stepz=4: no such option; did you mean "
+                                    "sampling.steps=4? (`seg2sat infer --cfg job` lists every option)"),
+    (["train", "model=sd3"], "seg2sat train: error: model=sd3: no such choice; available: sd15, sd21_base, sdxl, tiny"),
+])
+def test_an_unknown_or_moved_key_is_one_line_naming_the_closest(seg2sat, tmp_path, args, message):
+    rc, out, err = seg2sat(*args, cwd=tmp_path)
+    assert (rc, err.strip()) == (2, message)
+
+
+@pytest.mark.parametrize(("stage", "override", "key", "value"), [
+    ("search", "query=forêt de feuillus au bord de l'eau", "query", "forêt de feuillus au bord de l'eau"),
+    ("search", "query=fields, a river", "query", "fields, a river"),  # a comma is no sweep here
+    ("infer", 'prompt.text=the "old" mill', "text", 'the "old" mill'),
+    ("infer", "prompt.place=Côte-d'Or", "place", "Côte-d'Or"),
+    ("search", "query='already quoted'", "query", "already quoted"),
+])
+def test_free_text_takes_apostrophes_and_quotes_as_a_shell_user_types_them(seg2sat, tmp_path, stage, override,
+                                                                             key, value):
+    import yaml
+
+    rc, out, err = seg2sat(stage, override, "--cfg", "job", cwd=tmp_path)
+    assert rc == 0, err
+    cfg = yaml.safe_load(out)
+    assert (cfg["prompt"] if stage == "infer" else cfg)[key] == value
+
+
+def _suggested_keys() -> set[tuple[str, str]]:
+    """(module, key) for every `key=` that a raised project error tells the user to pass."""
+    import ast
+
+    found = set()
+    for path in (REPO / "seg2sat").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)):
+                continue
+            name = getattr(node.exc.func, "id", getattr(node.exc.func, "attr", ""))
+            if name in dir(__builtins__) or not name.endswith("Error"):  # Python's own errors: not the CLI's
+                continue
+            text = " ".join(c.value for c in ast.walk(node.exc) if isinstance(c, ast.Constant) and isinstance(c.value, str))
+            found |= {(path.name, k) for k in re.findall(r"(?<![\w.=-])([a-z][a-z_]+(?:\.[a-z_]+)*)=(?!=)", text)}
+    return found
+
+
+def test_every_option_an_error_suggests_exists():
+    from omegaconf import OmegaConf
+
+    from seg2sat.cli import COMMANDS, _leaf_keys
+    from seg2sat.config import compose, conf_dir
+
+    keys = {group.name for group in conf_dir().iterdir() if group.is_dir()}  # `legend=auto`: a group's choice
+    for option in conf_dir().glob("*/*.yaml"):  # the keys of choices a stage does not make by default
+        keys |= {f"{option.parent.name}.{k}" for k in _leaf_keys(OmegaConf.to_container(OmegaConf.load(option)))}
+    for config_name, _, _ in COMMANDS.values():
+        cfg = OmegaConf.to_container(compose(config_name), resolve=False)
+        keys |= set(_leaf_keys(cfg)) | {k for k, v in cfg.items() if isinstance(v, dict)}
+    suggested = _suggested_keys()
+    assert ("landcover.py", "crs") in suggested and len(suggested) > 15  # the scan sees the messages
+    assert sorted(f"{module}: {key}=" for module, key in suggested if key not in keys) == []

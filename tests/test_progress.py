@@ -12,7 +12,8 @@ from affine import Affine
 
 from seg2sat import progress
 from seg2sat.config import CONF_DIR
-from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
+from seg2sat.geo.geotiff import write_geotiff
+from seg2sat.geo.raster import FLAIR_CRS
 
 sys.path.insert(0, str(CONF_DIR.parent / "qgis_plugin"))
 from seg2sat_qgis import runner  # noqa: E402  (the plugin's runner imports nothing from QGIS)

@@ -3,7 +3,6 @@
 import numpy as np
 import streamlit as st
 
-from seg2sat.labels import OTHER_CODE
 from seg2sat.serving import app_support as sup
 from seg2sat.serving import app_ui as ui
 
@@ -38,34 +37,29 @@ if strokes is None:
     result = st_canvas(stroke_width=brush, stroke_color=cls["color"], background_image=sup.png_bytes(rgb),
                        height=int(h * scale), width=int(w * scale), return_image_data=True, key="edit_canvas")
     strokes = result.image_data
-painted = np.zeros((h, w), bool) if strokes is None else None
-if strokes is not None:
-    from seg2sat.geo.landcover import nearest_resize
-
-    strokes = nearest_resize(np.asarray(strokes), h, w)
-    painted = strokes[..., 3] > 0
-codes = sup.compose_drawing(np.full((h, w), OTHER_CODE, np.uint8), strokes)[0] if painted.any() else None
+codes, painted = sup.paint_over(strokes, (h, w))
 
 if st.button("Regenerate the painted area", type="primary", key="regenerate"):
     loaded = ui.require_model()
     if loaded is not None and codes is None:
         st.error("Paint over part of the image first.")
     elif loaded is not None:
-        prompt = sup.make_prompt(codes[painted][None], cfg, **prompt_opts, model=loaded)
+        prompt = sup.make_prompt(codes, cfg, **prompt_opts, upload=image, model=loaded, valid=painted)
         settings = ui.friendly(ui.settings, loaded, sampling)
         new = None
         if settings is not None:
             with ui.device_slot("edit"):
                 new = ui.friendly(sup.edit, loaded, rgb, codes, painted, prompt, settings,
-                                  margin=int(cfg.app.edit_margin), progress=ui.progress_bar("Regenerating"))
+                                  margin=int(cfg.edit.margin), progress=ui.progress_bar("Regenerating"))
         if new is not None:
             st.session_state["edit_result"] = new
+            st.session_state["edit_prompt"] = prompt
             st.session_state["edit_changed"] = int((new != rgb).any(-1).sum())
 
 new = st.session_state.get("edit_result")
 if new is not None and new.shape == rgb.shape:
     st.image(np.concatenate([rgb, new], axis=1), caption=f"before | after ({st.session_state['edit_changed']} "
-             "pixels changed; the rest is untouched)", use_container_width=True)
+             f"pixels changed; the rest is untouched): {st.session_state['edit_prompt']}", use_container_width=True)
     st.download_button("Download PNG", sup.png_bytes(new), "seg2sat-edit.png", "image/png", key="edit_png")
     if image.georeferenced:
         st.download_button("Download GeoTIFF", sup.geotiff_bytes(new, image.crs, image.transform),

@@ -19,17 +19,16 @@ if upload is not None:
         st.write(f"{up.codes.shape[1]} x {up.codes.shape[0]} px, CRS {up.crs}")
         if st.button("Generate", type="primary", key="batch_go"):
             loaded = ui.require_model()
-            if loaded is not None:
-                run_cfg = cfg.copy()
-                for key, value in sampling.items():
-                    run_cfg[key] = value
+            settings = ui.friendly(ui.settings, loaded, sampling) if loaded is not None else None
+            if settings is not None:
                 with ui.device_slot("batch"), st.spinner("Generating (tiled)..."):
-                    result = ui.friendly(sup.run_batch, run_cfg, up, loaded)
+                    result = ui.friendly(sup.run_batch, cfg, up, loaded, settings)
                 if result is not None:
                     st.session_state["batch_result"] = result
 if "batch_result" in st.session_state:
     data, sidecar = st.session_state["batch_result"]
     st.success(f"{sidecar['size'][0]} x {sidecar['size'][1]} px, {sidecar['windows']} windows, "
                f"{sidecar['seconds']} s; CRS {sidecar['crs']}")
-    st.json({k: sidecar[k] for k in ("prompt", "seed", "steps", "tile", "overlap", "work_resolution")})
+    st.json({k: sidecar[k] for k in ("prompt", "seed", "steps", "guidance_scale", "controlnet_scale", "tile",
+                                      "overlap", "work_resolution")})
     st.download_button("Download GeoTIFF", data, "seg2sat-batch.tif", "image/tiff", key="batch_dl")

@@ -3,9 +3,8 @@
 import numpy as np
 import pandas as pd
 import streamlit as st
-import torch
 
-from seg2sat.course import deps, diffusion, gpt, sampling
+from seg2sat.course import deps, diffusion, embeddings, gpt, sampling
 from seg2sat.errors import Seg2SatError
 
 st.set_page_config(page_title="Seg2Sat - Course", layout="wide")
@@ -42,15 +41,12 @@ with tab_tok:
         st.warning(str(exc))
 
 with tab_samp:
-    words = ["fields", "forest", "river", "village", "road", "vineyard", "lake", "snow"]
-    logits = torch.tensor([3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.0, -1.0])
     t = st.slider("Temperature", 0.0, 3.0, 1.0, 0.1, key="samp_t")
-    k = st.slider("Top-k (0: off)", 0, 8, 0, key="samp_k")
+    k = st.slider("Top-k (0: off)", 0, len(sampling.TOY_WORDS), 0, key="samp_k")
     p = st.slider("Top-p", 0.05, 1.0, 1.0, 0.05, key="samp_p")
-    probs = sampling.next_token_distribution(logits, temperature=t, top_k=k, top_p=p)
-    st.bar_chart(pd.DataFrame({"probability": probs.numpy()}, index=words))
-    draws = sampling.sample(probs, torch.Generator().manual_seed(0), n=8).tolist()
-    st.write("8 draws: " + ", ".join(words[i] for i in draws))
+    probs, drawn = sampling.toy_example(temperature=t, top_k=k, top_p=p, n=8)
+    st.bar_chart(pd.DataFrame({"probability": probs.numpy()}, index=list(sampling.TOY_WORDS)))
+    st.write("8 draws: " + ", ".join(drawn))
     st.session_state["samp_probs"] = probs.numpy()
 
 with tab_llm:
@@ -81,14 +77,9 @@ with tab_llm:
 
 with tab_emb:
     query = st.text_input("Query", "pine forest and a lake", key="emb_query")
-    captions = st.text_area("Texts (one per line)", "\n".join([
-        "Aerial view of Gironde. vineyard, building", "Aerial view of Landes. coniferous, water",
-        "Aerial view of Paris. building, impervious surface", "Aerial view of Alpes. snow, coniferous"]),
-        key="emb_texts").splitlines()
+    captions = st.text_area("Texts (one per line)", "\n".join(embeddings.EXAMPLE_TEXTS), key="emb_texts").splitlines()
     if st.button("Search", key="emb_go"):
         try:
-            from seg2sat.course import embeddings
-
             texts = [c for c in captions if c.strip()]
             vectors = embeddings.embed([query, *texts])
             hits = embeddings.search(query, texts, k=5, vectors=vectors[1:])
@@ -138,17 +129,10 @@ with tab_gpt:
         st.session_state["gpt_val"] = log.val_loss
 
 with tab_diff:
-    from diffusers import DDPMScheduler
-
-    from seg2sat.generation.models import tiny_scheduler_config
-
-    sched = DDPMScheduler(**tiny_scheduler_config())  # Stable Diffusion's noise schedule
-    ts = [0, 100, 250, 500, 750, 999]
+    sched, ts = diffusion.noise_schedule(), diffusion.TIMESTEPS  # Stable Diffusion's noise schedule
     levels = diffusion.signal_level(sched, ts)
     st.line_chart(pd.DataFrame({"signal left": levels}, index=ts))
-    rng = np.random.default_rng(0)
-    tile = np.kron(rng.integers(0, 255, (8, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)
-    frames = diffusion.forward_noising(sched, tile, ts)
+    frames = diffusion.forward_noising(sched, diffusion.example_tile(), ts)
     st.image(np.concatenate(frames, axis=1), caption="forward noising at t = " + ", ".join(map(str, ts)))
     st.session_state["diff_levels"] = levels
     if st.button("Show the model denoising a village map", key="diff_go"):

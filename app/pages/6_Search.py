@@ -4,12 +4,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from seg2sat.data.dataset import load_rgb
 from seg2sat.errors import Seg2SatError
-from seg2sat.hints import codes_to_hint
-from seg2sat.search.encoders import text_encoder
-from seg2sat.search.index import Hit, TileIndex, build_index, index_prepared
-from seg2sat.search.scenes import benchmark_scenes
+from seg2sat.search.index import Hit, TileIndex, index_prepared
+from seg2sat.search.scenes import scenes_index
 from seg2sat.serving import app_support as sup
 
 st.set_page_config(page_title="Seg2Sat - Search", layout="wide")
@@ -21,8 +18,7 @@ st.caption("Each tile's map is described (which classes, where, what surrounds w
 @st.cache_resource(show_spinner="Indexing the labelled demo scenes...")
 def demo_index() -> tuple[TileIndex, dict]:
     """The labelled scenes of the search benchmark (maps only), indexed once per server."""
-    ids, maps, _ = benchmark_scenes()
-    return build_index(ids, maps, text_encoder()), dict(zip(ids, maps, strict=True))
+    return scenes_index()[:2]
 
 
 @st.cache_resource(show_spinner="Indexing the dataset (once; cached in its cache/ folder)...")
@@ -35,11 +31,10 @@ def show(hits: list[Hit], maps: dict | None, root: Path | None) -> None:
     """One row per hit: image and map when there is a dataset, the map alone for demo scenes."""
     for h in hits:
         cols = st.columns([1, 1, 3])
-        if root is not None:
-            cols[0].image(load_rgb(root / h.record["image"]), caption="image")
-            cols[1].image(load_rgb(root / h.record["hint"]), caption="map")
-        else:
-            cols[1].image(codes_to_hint(maps[h.id]), caption="map", width=128)
+        pictures = sup.hit_pictures(h.record, None if maps is None else maps[h.id], root)
+        if "image" in pictures:
+            cols[0].image(pictures["image"], caption="image")
+        cols[1].image(pictures["map"], caption="map", width="content" if "image" in pictures else 128)
         cols[2].markdown(f"**{h.rank}. {h.id}** · score {h.score:.3f}")
         cols[2].caption(h.description)
 

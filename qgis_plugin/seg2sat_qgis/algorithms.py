@@ -4,6 +4,8 @@ Each algorithm prepares files the command line reads (a layer clipped to an exte
 a vector layer saved as a GeoPackage), runs one stage (`infer`, `mosaic`, `synthesize`, `qgis`)
 through `runner.run_cli` with progress and cancel wired to QGIS's feedback, and returns the
 files it wrote as layers. Outputs keep the input's CRS: the stages never reproject.
+Parameter defaults are the CLI's (`runner.load_defaults`: the stages' configs own them), and an
+error about a file the plugin made for the CLI names the user's layer instead (`runner.name_layers`).
 """
 
 import re
@@ -39,11 +41,33 @@ from qgis.core import (
     QgsProcessingParameterVectorLayer,
 )
 
-from .runner import SETTING, CliCanceled, CliError, run_cli
+from .runner import (
+    SETTING,
+    CliCanceled,
+    CliError,
+    default_command,
+    load_defaults,
+    name_layers,
+    run_cli,
+)
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")  # read by the CLI as they are (others are converted)
 _LEGEND = re.compile(r"^[A-Za-z0-9_-]+$")
 _LOG_LINE = re.compile(r"^\[\d{4}-\d{2}-\d{2} ")  # Hydra's log lines, not a stage's printed output
+_DEFAULTS = []  # the CLI's defaults, read once per QGIS session
+
+
+def cli_default(stage, key):
+    """The CLI's default of `key` in `stage`'s config (None when the CLI cannot tell: no default shown)."""
+    if not _DEFAULTS:
+        plugin_dir = Path(__file__).parent
+        _DEFAULTS.append(load_defaults(plugin_dir, ProcessingConfig.getSetting(SETTING) or default_command(plugin_dir)))
+    return _DEFAULTS[0].get(stage, {}).get(key)
+
+
+def layer_label(layer):
+    """How errors name a layer: its name and the file it reads."""
+    return f"layer '{layer.name()}' ({layer.source().split('|')[0]})"
 
 
 class Seg2SatAlgorithm(QgsProcessingAlgorithm):
@@ -81,7 +105,7 @@ class Seg2SatAlgorithm(QgsProcessingAlgorithm):
             "STEPS", "Denoising steps (0: the model's recommendation)", QgsProcessingParameterNumber.Integer, 0,
             minValue=0, maxValue=1000))
         self.addParameter(QgsProcessingParameterNumber(
-            "SEED", "Seed", QgsProcessingParameterNumber.Integer, 0, minValue=0))
+            "SEED", "Seed", QgsProcessingParameterNumber.Integer, cli_default("infer", "sampling.seed"), minValue=0))
         self.addParameter(QgsProcessingParameterString(
             "PROMPT", "Prompt (empty: made from the map's place and classes)", defaultValue="", optional=True))
         self.addParameter(QgsProcessingParameterString(
@@ -113,8 +137,11 @@ class Seg2SatAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(f"LEGEND {legend!r} is not a legend name")
         return [f"legend={legend}"]
 
-    def cli(self, stage, values, feedback, cwd, extra=()):
-        """Run one stage of the Seg2Sat CLI; its one-line errors become QGIS errors."""
+    def cli(self, stage, values, feedback, cwd, extra=(), names=None):
+        """Run one stage of the Seg2Sat CLI; its one-line errors become QGIS errors.
+
+        `names`: {file given to the CLI: the user's layer it stands for}, for the error messages.
+        """
         command = ProcessingConfig.getSetting(SETTING)
         feedback.pushInfo(f"Seg2Sat: {command} {stage} ({len(values)} settings)")
         try:
@@ -124,7 +151,7 @@ class Seg2SatAlgorithm(QgsProcessingAlgorithm):
         except CliCanceled as exc:
             raise QgsProcessingException(str(exc)) from None
         except CliError as exc:
-            raise QgsProcessingException(f"seg2sat {stage}: {exc}") from None
+            raise QgsProcessingException(f"seg2sat {stage}: {name_layers(str(exc), names or {})}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,7 +278,8 @@ class GenerateAerialImage(Seg2SatAlgorithm):
             field = _field(self, parameters, "CLASS_FIELD", context)
             if field and layer.type() == QgsMapLayer.VectorLayer:
                 values["class_column"] = field
-            self.cli("infer", values, feedback, work, self.legend_args(parameters, context))
+            self.cli("infer", values, feedback, work, self.legend_args(parameters, context),
+                     names={str(landcover): layer_label(layer)})
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return {"OUTPUT": str(out)}
@@ -273,7 +301,8 @@ class RepaintOrthophoto(Seg2SatAlgorithm):
         self.addParameter(QgsProcessingParameterField("CLASS_FIELD", "Class field", parentLayerParameterName="REGION"))
         self.add_legend(default="flair")
         self.addParameter(QgsProcessingParameterNumber(
-            "MARGIN", "Blending margin (pixels)", QgsProcessingParameterNumber.Integer, 16, minValue=0))
+            "MARGIN", "Blending margin (pixels)", QgsProcessingParameterNumber.Integer,
+            cli_default("infer", "edit.margin"), minValue=0))
         self.add_sampling()
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Repainted image"))
 
@@ -293,7 +322,8 @@ class RepaintOrthophoto(Seg2SatAlgorithm):
                       "edit.margin": self.parameterAsInt(parameters, "MARGIN", context),
                       "vector_resolution": image.rasterUnitsPerPixelX(), "work_resolution": None,  # the image grid
                       **self.sampling_values(parameters, context)}
-            self.cli("infer", values, feedback, work, self.legend_args(parameters, context))
+            self.cli("infer", values, feedback, work, self.legend_args(parameters, context),
+                     names={str(landcover): layer_label(region), str(_raster_file(image)): layer_label(image)})
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return {"OUTPUT": str(out)}
@@ -317,13 +347,14 @@ class PlanRunMosaic(Seg2SatAlgorithm):
             "CLASS_FIELD", "Class field (polygon layer)", parentLayerParameterName="INPUT", optional=True))
         self.add_legend()
         self.addParameter(QgsProcessingParameterNumber(
-            "RESOLUTION", "Resolution (CRS units per pixel)", QgsProcessingParameterNumber.Double, 0.2, minValue=1e-6))
+            "RESOLUTION", "Resolution (CRS units per pixel)", QgsProcessingParameterNumber.Double,
+            cli_default("mosaic", "work_resolution"), minValue=1e-6))
         self.addParameter(QgsProcessingParameterNumber(
-            "BLOCK", "Block side (pixels, a multiple of the model's tile)", QgsProcessingParameterNumber.Integer, 8192,
-            minValue=1))
+            "BLOCK", "Block side (pixels, a multiple of the model's tile)", QgsProcessingParameterNumber.Integer,
+            cli_default("mosaic", "block"), minValue=1))
         self.addParameter(QgsProcessingParameterNumber(
             "HALO", "Halo (pixels generated beyond each block, a multiple of the tile)",
-            QgsProcessingParameterNumber.Integer, 512, minValue=0))
+            QgsProcessingParameterNumber.Integer, cli_default("mosaic", "halo"), minValue=0))
         self.addParameter(QgsProcessingParameterBoolean("DRY_RUN", "Dry run: plan only", defaultValue=True))
         self.add_sampling()
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT_FOLDER", "Mosaic folder"))
@@ -339,7 +370,9 @@ class PlanRunMosaic(Seg2SatAlgorithm):
         layer = self.parameterAsLayer(parameters, "INPUT", context)
         folder = Path(self.parameterAsString(parameters, "OUTPUT_FOLDER", context))
         folder.mkdir(parents=True, exist_ok=True)
-        values = {"input": str(self._input(layer, folder, context, feedback)), "output_dir": str(folder),
+        landcover = self._input(layer, folder, context, feedback)
+        names = {str(landcover): layer_label(layer)}
+        values = {"input": str(landcover), "output_dir": str(folder),
                   "work_resolution": self.parameterAsDouble(parameters, "RESOLUTION", context),
                   "block": self.parameterAsInt(parameters, "BLOCK", context),
                   "halo": self.parameterAsInt(parameters, "HALO", context), **self.sampling_values(parameters, context)}
@@ -348,13 +381,13 @@ class PlanRunMosaic(Seg2SatAlgorithm):
             values["class_column"] = field
         legend = self.legend_args(parameters, context)
         # 1. The plan, shown before anything runs.
-        lines = self.cli("mosaic", {**values, "check": True}, feedback, folder, legend)
+        lines = self.cli("mosaic", {**values, "check": True}, feedback, folder, legend, names)
         plan = "\n".join(line for line in lines if line.strip() and not _LOG_LINE.match(line))
         feedback.pushInfo(plan)
         if self.parameterAsBoolean(parameters, "DRY_RUN", context):
             return {"PLAN": plan, "OUTPUT_FOLDER": str(folder)}
         # 2. The run; the VRT is loaded when it completes.
-        self.cli("mosaic", values, feedback, folder, legend)
+        self.cli("mosaic", values, feedback, folder, legend, names)
         vrt = folder / "mosaic.vrt"
         context.addLayerToLoadOnCompletion(str(vrt), QgsProcessingContext.LayerDetails(
             "Seg2Sat mosaic", context.project(), "OUTPUT"))
@@ -388,7 +421,8 @@ class SynthesizeTrainingTiles(Seg2SatAlgorithm):
             "PREPARED", "Prepared dataset folder (from `seg2sat prepare`)", behavior=QgsProcessingParameterFile.Folder,
             optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            "N_TILES", "Tiles", QgsProcessingParameterNumber.Integer, 100, minValue=1))
+            "N_TILES", "Tiles", QgsProcessingParameterNumber.Integer, cli_default("synthesize", "target.n_tiles"),
+            minValue=1))
         self.addParameter(QgsProcessingParameterString(
             "CLASSES", "Classes to favour (comma-separated, e.g. building, swimming pool)", defaultValue="",
             optional=True))
@@ -440,7 +474,9 @@ class SynthesizeTrainingTiles(Seg2SatAlgorithm):
                       **self.sampling_values(parameters, context)}
             if classes:
                 values["target.classes"] = classes
-            self.cli("synthesize", values, feedback, work)
+            names = {landcover["path"]: layer_label(self.parameterAsLayer(parameters, "SOURCE", context))} \
+                if landcover else {}
+            self.cli("synthesize", values, feedback, work, names=names)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return {"OUTPUT_FOLDER": str(folder)}
@@ -457,7 +493,7 @@ class LandCoverDrawingLayer(Seg2SatAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802, D102
         self.add_legend(default="flair")
-        self.addParameter(QgsProcessingParameterCrs("CRS", "CRS", defaultValue="EPSG:2154"))
+        self.addParameter(QgsProcessingParameterCrs("CRS", "CRS", defaultValue=cli_default("qgis", "crs")))
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Drawing layer", "GeoPackage (*.gpkg)"))
         self.addOutput(QgsProcessingOutputVectorLayer("LAYER", "Drawing layer"))
 

@@ -26,6 +26,8 @@ from typing import Any
 SETTING = "SEG2SAT_COMMAND"  # the Processing setting holding the command line
 DEFAULT_COMMAND = "seg2sat"  # on PATH, unless `seg2sat qgis install` wrote cli.json
 CLI_JSON = "cli.json"  # {"command": "..."} written by `seg2sat qgis install`: the installing environment
+DEFAULTS_JSON = "defaults.json"  # {stage: {key: value}} written by `seg2sat qgis install`: the CLI's defaults
+DEFAULTS_ARGS = ("qgis", "action=defaults")  # the CLI prints the same JSON (a plugin without defaults.json)
 PROGRESS_FLAG = "--progress=json"
 SETTING_HINT = ("set it in Processing > Options > Providers > Seg2Sat > 'Seg2Sat command' to the seg2sat of the "
                 "environment where Seg2Sat is installed (e.g. /path/to/.venv/bin/seg2sat, or "
@@ -54,6 +56,43 @@ def default_command(plugin_dir: str | Path) -> str:
         except (ValueError, KeyError):
             pass
     return DEFAULT_COMMAND
+
+
+def load_defaults(plugin_dir: str | Path, command: str) -> dict[str, dict[str, Any]]:
+    """The CLI's defaults of the plugin's parameters, `{stage: {key: value}}` (the stages' configs own them).
+
+    Read from `defaults.json` beside the plugin (written by `seg2sat qgis install`/`zip`), else
+    asked of the CLI (`<command> qgis defaults`); {} when neither answers (no default shown).
+    """
+    path = Path(plugin_dir) / DEFAULTS_JSON
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            pass
+    try:
+        proc = subprocess.run([*split_command(command), *DEFAULTS_ARGS], env=_environment(), capture_output=True,
+                              stdin=subprocess.DEVNULL, text=True, encoding="utf-8", errors="replace", timeout=120)
+    except (CliError, OSError, subprocess.TimeoutExpired):
+        return {}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                break
+    return {}
+
+
+def name_layers(message: str, names: Mapping[str, str]) -> str:
+    """The CLI's message with the files the plugin made for it named as the user's layers.
+
+    The CLI reads copies and links in a temporary folder (`/tmp/seg2sat-xxxx/out.tif`); an
+    error about one must name the layer the user chose. Longer paths first (one may hold another).
+    """
+    for path in sorted(names, key=len, reverse=True):
+        message = message.replace(path, names[path])
+    return message
 
 
 def split_command(command: str) -> list[str]:

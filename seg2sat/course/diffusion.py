@@ -12,6 +12,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from seg2sat.data.pixels import from_vae_range, to_vae_range
+
+TIMESTEPS = [0, 100, 250, 500, 750, 999]  # the steps the lesson and the app's Diffusion tab show
+
+
+def noise_schedule() -> Any:
+    """Stable Diffusion's noise schedule (a DDPM scheduler with its betas), built offline."""
+    from diffusers import DDPMScheduler
+
+    from seg2sat.generation.tiny import tiny_scheduler_config
+
+    return DDPMScheduler(**tiny_scheduler_config())
+
+
+def example_tile(seed: int = 0) -> np.ndarray:
+    """A 64 x 64 image of 8 x 8 blocks of random colours: noise on it is easy to see."""
+    rng = np.random.default_rng(seed)
+    return np.kron(rng.integers(0, 255, (8, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+
 
 def signal_level(scheduler: Any, timesteps: list[int]) -> list[float]:
     """sqrt(alpha_bar_t) of the scheduler at each timestep."""
@@ -21,12 +40,12 @@ def signal_level(scheduler: Any, timesteps: list[int]) -> list[float]:
 
 def forward_noising(scheduler: Any, image: np.ndarray, timesteps: list[int], seed: int = 0) -> list[np.ndarray]:
     """An (H, W, 3) uint8 image noised to each timestep with the scheduler's own `add_noise`."""
-    x0 = torch.from_numpy(image).permute(2, 0, 1)[None].double() / 127.5 - 1
+    x0 = to_vae_range(torch.from_numpy(image).permute(2, 0, 1)[None].double())
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     out = []
     for t in timesteps:
         xt = scheduler.add_noise(x0, noise, torch.tensor([int(t)]))
-        out.append(((xt[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy())
+        out.append(from_vae_range(xt[0].permute(1, 2, 0)).numpy())
     return out
 
 
@@ -42,7 +61,7 @@ def denoising_trajectory(pipe: Any, hint: np.ndarray, prompt: str, steps: int = 
             with torch.no_grad():
                 lat = kwargs["latents"] / p.vae.config.scaling_factor
                 img = p.vae.decode(lat.to(p.vae.dtype)).sample[0].float()
-            frames.append((step + 1, ((img.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()))
+            frames.append((step + 1, from_vae_range(img.permute(1, 2, 0)).numpy()))
         return kwargs
 
     pipe(prompt=prompt, image=Image.fromarray(hint), height=hint.shape[0], width=hint.shape[1],

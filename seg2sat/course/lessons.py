@@ -49,8 +49,7 @@ def _sampling(cfg: DictConfig) -> dict[str, Any]:
     """How temperature, top-k and top-p reshape a next-token distribution."""
     from seg2sat.course import sampling
 
-    words = ["fields", "forest", "river", "village", "road", "vineyard", "lake", "snow"]
-    logits = torch.tensor([3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.0, -1.0])
+    words, logits = sampling.TOY_WORDS, torch.tensor(sampling.TOY_LOGITS)
     settings = [{"temperature": 0.5}, {"temperature": 1.5}, {"top_k": 3}, {"top_p": 0.8},
                 {"temperature": float(cfg.temperature), "top_k": int(cfg.top_k), "top_p": float(cfg.top_p)}]
     return {"prompt": "Aerial view of a ... (toy logits)",
@@ -65,8 +64,7 @@ def _embeddings(cfg: DictConfig) -> dict[str, Any]:
     if manifest.exists():
         texts = sorted({json.loads(line)["caption"] for line in manifest.read_text().splitlines() if line.strip()})
     else:
-        texts = ["Aerial view of Gironde. vineyard, building", "Aerial view of Landes. coniferous, water",
-                 "Aerial view of Paris. building, impervious surface", "Aerial view of Alpes. snow, coniferous"]
+        texts = list(embeddings.EXAMPLE_TEXTS)
     hits = embeddings.search(str(cfg.query), texts, k=5)
     return {"query": cfg.query, "searched": len(texts), "nearest": [h.__dict__ for h in hits]}
 
@@ -94,14 +92,10 @@ def _gpt(cfg: DictConfig) -> dict[str, Any]:
 
 def _diffusion(cfg: DictConfig) -> dict[str, Any]:
     """The signal left in an image at a few timesteps of the real noise schedule."""
-    from diffusers import DDPMScheduler
-
     from seg2sat.course import diffusion
-    from seg2sat.generation.models import tiny_scheduler_config
 
-    sched = DDPMScheduler(**tiny_scheduler_config())  # Stable Diffusion's noise schedule
-    steps = [0, 100, 250, 500, 750, 999]
-    return {"timestep": steps, "signal_level": diffusion.signal_level(sched, steps)}
+    steps = diffusion.TIMESTEPS
+    return {"timestep": steps, "signal_level": diffusion.signal_level(diffusion.noise_schedule(), steps)}
 
 
 def _llm(cfg: DictConfig) -> dict[str, Any]:
@@ -132,11 +126,9 @@ def _finetune(cfg: DictConfig) -> dict[str, Any]:
 def _search(cfg: DictConfig) -> dict[str, Any]:
     """Recall@k of tile search on the labelled scenes and queries, and the top tiles of `query`."""
     from seg2sat.search.encoders import text_encoder
-    from seg2sat.search.index import build_index
-    from seg2sat.search.scenes import benchmark_scenes, load_queries, recall_at_k
+    from seg2sat.search.scenes import load_queries, recall_at_k, scenes_index
 
-    ids, maps, kinds = benchmark_scenes(seed=int(cfg.seed))
-    index = build_index(ids, maps, text_encoder(str(cfg.search_encoder)))
+    index, _, kinds = scenes_index(text_encoder(str(cfg.search_encoder)), seed=int(cfg.seed))
     result = recall_at_k(index, kinds, load_queries(), k=int(cfg.k))
     hits = index.search_text(str(cfg.query), k=int(cfg.k))
     return {"encoder": index.encoder, "tiles": len(index), "recall_at_k": result["recall"], "by_lang": result["by_lang"],

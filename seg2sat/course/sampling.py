@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import torch
 
+# A toy next-token distribution over landscape words: what the lesson and the app's Sampling tab reshape.
+TOY_WORDS = ("fields", "forest", "river", "village", "road", "vineyard", "lake", "snow")
+TOY_LOGITS = (3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.0, -1.0)
+
 
 def softmax_with_temperature(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """p_i = exp(z_i / T) / sum_j exp(z_j / T). T -> 0 is greedy, T = 1 the model, T > 1 flatter."""
@@ -62,6 +66,14 @@ def next_token_distribution(logits: torch.Tensor, temperature: float = 1.0, top_
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None, n: int = 1) -> torch.Tensor:
     """Draw `n` token ids from a distribution (with replacement)."""
     return torch.multinomial(probs.float(), n, replacement=True, generator=generator)
+
+
+def toy_example(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, n: int = 8,
+                seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+    """The toy distribution (`TOY_LOGITS`) reshaped by the settings, and `n` words drawn from it."""
+    probs = next_token_distribution(torch.tensor(TOY_LOGITS), temperature=temperature, top_k=top_k, top_p=top_p)
+    draws = sample(probs, torch.Generator().manual_seed(seed), n=n)
+    return probs, [TOY_WORDS[i] for i in draws.tolist()]
 
 
 def probability_table(logits: torch.Tensor, decode: callable, settings: list[dict], top: int = 10) -> list[dict]:

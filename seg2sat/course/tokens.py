@@ -132,7 +132,7 @@ def clip_tokenizer() -> Any:
     """
     from transformers import CLIPTokenizer
 
-    from seg2sat.generation.models import bytes_to_unicode
+    from seg2sat.generation.tokenizer import bytes_to_unicode
 
     bpe = _cache() / "clip" / CLIP_BPE
     if not bpe.exists():

@@ -188,9 +188,12 @@ class Flair1(TileLayout):
             raise RasterError(f"{tile.msk}: expected 1 band of class codes, found {msk.count}")
         if msk.array.dtype != "uint8":
             raise RasterError(f"{tile.msk}: expected uint8 class codes, found {msk.array.dtype}")
-        check_codes(msk.array[0], tile.msk)
+        codes, valid = msk.array[0], None
+        if tile.meta.get("ignore_code") is not None:  # declared in the metadata (labels.IGNORE_CODE)
+            valid = codes != int(tile.meta["ignore_code"])
+        check_codes(codes if valid is None else codes[valid], tile.msk)
         check_same_grid(img, msk)
-        return img, msk.array[0], None
+        return img, codes, valid
 
 
 class Flair2(Flair1):

@@ -35,8 +35,18 @@ from seg2sat.data.flair import Discovery, FlairTile
 from seg2sat.data.tiles import read_pair
 from seg2sat.errors import DatasetError, Seg2SatError
 from seg2sat.geo.places import place_for
+from seg2sat.geo.raster import FLAIR_CRS
 from seg2sat.hints import codes_to_hint
-from seg2sat.labels import CODES, MAX_CODE, NAMES, PALETTE, class_shares, merge13
+from seg2sat.labels import (
+    CODES,
+    IGNORE_CODE,
+    MAX_CODE,
+    NAMES,
+    OTHER_CODE,
+    PALETTE,
+    class_shares,
+    merge13,
+)
 from seg2sat.prompts import DEFAULT_TEMPLATE, caption_for
 
 log = logging.getLogger(__name__)
@@ -90,14 +100,37 @@ def _resize(array: np.ndarray, size: int, nearest: bool) -> np.ndarray:
     return cv2.resize(array, (size, size), interpolation=interp)
 
 
+def fill_ignored(codes: np.ndarray) -> np.ndarray:
+    """`codes` with each ignored pixel (labels.IGNORE_CODE) given the code of its nearest kept pixel.
+
+    An ignored pixel is one whose label the synthesis did not trust (seg2sat.synthesis.trust). It
+    cannot stay IGNORE_CODE in a hint (a hint holds legend colours only: the ControlNet and the
+    judge read it back to codes), and it must not become a made-up region of one fixed class (a
+    black "other" blob where the map had none): it takes the class around it, the least
+    surprising colour, and `valid/<id>.png` marks it 0 (nodata: out of the shares and counts). A
+    tile with no kept pixel at all becomes OTHER_CODE, as nodata does.
+    """
+    ignored = codes == IGNORE_CODE
+    if not ignored.any():
+        return codes
+    if ignored.all():
+        return np.full_like(codes, OTHER_CODE)
+    from scipy import ndimage
+
+    nearest = ndimage.distance_transform_edt(ignored, return_distances=False, return_indices=True)
+    return codes[tuple(nearest)]
+
+
 def prepare_tile(tile: FlairTile, out: Path, opts: PrepareOptions) -> dict[str, Any]:
     """Convert one tile: write its hint, image (and valid mask) and return its record.
 
     Pixels that are nodata (FLAIR-HUB's "undefined") hold OTHER_CODE in the hint, as nodata
     does everywhere in the project, are left out of the shares and pixel counts, and are 0 in
-    `valid/<id>.png` (written only for tiles that have some).
+    `valid/<id>.png` (written only for tiles that have some). Ignored pixels (a synthetic set's
+    untrusted ones, see `fill_ignored`) are nodata too.
     """
     img, codes, valid = read_pair(tile)
+    codes = fill_ignored(codes)
     if opts.merge13:
         codes = merge13(codes)
     rgb = img.rgb()
@@ -286,7 +319,7 @@ def _write_footprints(path: Path, records: list[dict[str, Any]]) -> None:
         {"id": [r["id"] for r in records], "domain": [r["domain"] for r in records],
          "zone": [r["zone"] for r in records], "split": [r["split"] for r in records]},
         geometry=[box(*r["bounds"]) for r in records],
-        crs=records[0]["crs"] if records else "EPSG:2154",
+        crs=records[0]["crs"] if records else FLAIR_CRS.to_string(),
     )
     with atomic_path(path) as tmp:
         frame.to_file(tmp, layer="tiles", driver="GPKG")

@@ -35,6 +35,7 @@ from torch import nn
 from seg2sat import faults
 from seg2sat.atomic import atomic_dir, sha256_of, sweep_tmp
 from seg2sat.data.dataset import load_rgb, read_manifest
+from seg2sat.data.pixels import to_vae_range
 from seg2sat.errors import ConfigError, DatasetError
 from seg2sat.hints import hint_to_codes
 from seg2sat.labels import MAX_CODE
@@ -141,7 +142,7 @@ class JudgeConfig:
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images[..., :3])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return to_vae_range(torch.from_numpy(np.ascontiguousarray(images[..., :3])).permute(0, 3, 1, 2).float())
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

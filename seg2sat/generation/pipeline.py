@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from seg2sat.errors import LegendError
-from seg2sat.generation.tiling import VAE_FACTOR
+from seg2sat.generation.sampling import VAE_FACTOR, Sampling
 from seg2sat.hints import hint_to_codes
 
 
@@ -30,10 +30,10 @@ def generate(
     hint: np.ndarray,
     prompt: str,
     *,
-    negative_prompt: str = "",
-    steps: int = 20,
-    guidance_scale: float = 7.5,
-    controlnet_scale: float = 1.0,
+    negative_prompt: str = Sampling.negative_prompt,
+    steps: int = Sampling.steps,
+    guidance_scale: float = Sampling.guidance_scale,
+    controlnet_scale: float = Sampling.controlnet_scale,
     seed: int | None = 0,
     generator: torch.Generator | None = None,
     callback: Callable[[int, int], None] | None = None,
@@ -55,10 +55,10 @@ def generate_batch(
     hints: Sequence[np.ndarray],
     prompts: Sequence[str],
     *,
-    negative_prompt: str = "",
-    steps: int = 20,
-    guidance_scale: float = 7.5,
-    controlnet_scale: float = 1.0,
+    negative_prompt: str = Sampling.negative_prompt,
+    steps: int = Sampling.steps,
+    guidance_scale: float = Sampling.guidance_scale,
+    controlnet_scale: float = Sampling.controlnet_scale,
     seeds: Sequence[int] | None = None,
     generators: Sequence[torch.Generator] | None = None,
     callback: Callable[[int, int], None] | None = None,

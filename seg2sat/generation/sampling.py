@@ -20,14 +20,31 @@ import numpy as np
 
 from seg2sat import prompts
 from seg2sat.errors import ConfigError
-from seg2sat.generation.models import DEFAULT_SAMPLING, LoadedModel
-from seg2sat.generation.tiling import VAE_FACTOR
+from seg2sat.generation.models import LoadedModel
 from seg2sat.geo.places import place_on_grid
 
+# Sampling when neither the config nor the model folder says otherwise: Stable Diffusion's usual.
+# `conf/sampling/default.yaml` leaves these null, so a model's own recommendation comes first.
+DEFAULT_SAMPLING: dict[str, float] = {"steps": 20, "guidance_scale": 7.5, "controlnet_scale": 1.0}
 # Window size when neither the config nor a loaded model gives one: Stable Diffusion's 512 px.
 DEFAULT_TILE = 512
+# Sizes (grids, tiles, overlaps) are multiples of this: Stable Diffusion's VAE factor, which is
+# also a multiple of the tiny base's factor 4. The latent grid uses the pipeline's own factor.
+VAE_FACTOR = 8
 _FIELDS = ("steps", "guidance_scale", "controlnet_scale", "negative_prompt", "seed", "tile", "overlap", "batch_size",
            "decode_batch_size")
+
+
+def recommended_sampling(model: LoadedModel | None) -> dict[str, float]:
+    """Steps, guidance and ControlNet scale a model recommends (`sampling` in its seg2sat.json).
+
+    The tiny demo model follows its map best without classifier-free guidance and with a
+    stronger ControlNet (docs/fidelity.md); Stable Diffusion models keep SD's usual settings.
+    """
+    recommended = (model.info.get("sampling") if model is not None else None) or {}
+    out = {k: float(recommended.get(k) if recommended.get(k) is not None else v) for k, v in DEFAULT_SAMPLING.items()}
+    out["steps"] = int(out["steps"])
+    return out
 
 
 @dataclass(frozen=True)
@@ -51,7 +68,7 @@ class Sampling:
             raise ConfigError(f"sampling.tile={self.tile}, sampling.overlap={self.overlap}: must be multiples of "
                               f"{VAE_FACTOR}")
         if not 0 <= self.overlap < self.tile:
-            raise ConfigError(f"sampling.overlap={self.overlap}: must be in [0, tile={self.tile})")
+            raise ConfigError(f"sampling.overlap={self.overlap}: must be in [0, sampling.tile={self.tile})")
         if self.batch_size < 1 or self.decode_batch_size < 1:
             raise ConfigError(f"sampling.batch_size={self.batch_size}, sampling.decode_batch_size="
                               f"{self.decode_batch_size}: must be >= 1")
@@ -63,7 +80,7 @@ class Sampling:
         `overrides` (e.g. the app's widgets) replace config values; the overlap defaults to a
         quarter of the tile, rounded down to the VAE factor, as the tiling needs.
         """
-        recommended = model.recommended_sampling if model is not None else DEFAULT_SAMPLING
+        recommended = recommended_sampling(model)
         merged = {k: cfg.get(k) for k in _FIELDS}
         merged.update({k: v for k, v in overrides.items() if v is not None})
 

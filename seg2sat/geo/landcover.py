@@ -27,14 +27,7 @@ from rasterio.crs import CRS
 
 from seg2sat.errors import GeoreferenceError, LegendError, RasterError, VectorError
 from seg2sat.geo.inputs import VECTOR_SUFFIXES
-from seg2sat.geo.legends import (
-    Legend,
-    map_values,
-    not_flair,
-    recognise,
-    resolve_legend,
-    valid_values,
-)
+from seg2sat.geo.legends import Legend, map_values
 from seg2sat.geo.raster import (
     FLAIR_RESOLUTION,
     RasterData,
@@ -44,6 +37,7 @@ from seg2sat.geo.raster import (
     read_plain_image,
     read_raster,
 )
+from seg2sat.geo.recognise import not_flair, recognise, resolve_legend, valid_values
 from seg2sat.hints import hint_to_codes, snap_hint
 from seg2sat.labels import OTHER_CODE, code_of, in_legend
 

@@ -4,6 +4,8 @@ The plugin's source is `qgis_plugin/seg2sat_qgis/` at the repository root (QGIS'
 never this package's). Packaging adds what the source cannot hold:
 - `cli.json`: the command that runs this environment's CLI (`<this python> -m seg2sat.cli`), the
   default of the provider's "Seg2Sat command" setting, so an installed plugin runs as installed;
+- `defaults.json`: the defaults of the plugin's parameters, read from the stages' own configs
+  (`plugin_defaults`, also printed by `seg2sat qgis defaults`), so the plugin holds no copy;
 - `styles/`: the QML and SLD styles of every legend (`seg2sat.geo.styles`), generated now.
 Installing copies the plugin into `<profile>/python/plugins/` and enables it in the profile's
 `QGIS3.ini`; a folder is replaced only whole (atomic).
@@ -18,6 +20,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from seg2sat.atomic import atomic_dir, atomic_path
 from seg2sat.config import CONF_DIR
@@ -28,6 +31,14 @@ PLUGIN_NAME = "seg2sat_qgis"
 PLUGIN_SRC: Path = CONF_DIR.parent / "qgis_plugin" / PLUGIN_NAME
 SOURCE_SUFFIXES = (".py", ".txt", ".md", ".png", ".svg")
 INI_SECTION = "[PythonPlugins]"
+DEFAULTS_JSON = "defaults.json"  # the plugin reads it (qgis_plugin/seg2sat_qgis/runner.py: load_defaults)
+# The configuration keys whose defaults the plugin's parameters show, by stage (its config).
+PLUGIN_DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
+    "infer": ("sampling.seed", "edit.margin"),
+    "mosaic": ("work_resolution", "block", "halo"),
+    "synthesize": ("target.n_tiles",),
+    "qgis": ("crs",),
+}
 
 
 def cli_command() -> str:
@@ -35,6 +46,16 @@ def cli_command() -> str:
     import shlex
 
     return shlex.join([sys.executable, "-m", "seg2sat.cli"])
+
+
+def plugin_defaults() -> dict[str, dict[str, Any]]:
+    """`{stage: {key: default}}` for the plugin's parameters, from `conf/<stage>.yaml` as the CLI composes it."""
+    from omegaconf import OmegaConf
+
+    from seg2sat.config import compose
+
+    return {stage: {key: OmegaConf.select(compose(stage), key) for key in keys}
+            for stage, keys in PLUGIN_DEFAULT_KEYS.items()}
 
 
 def plugin_files(command: str | None = None) -> dict[str, bytes]:
@@ -48,6 +69,7 @@ def plugin_files(command: str | None = None) -> dict[str, bytes]:
     files = {p.relative_to(PLUGIN_SRC).as_posix(): p.read_bytes() for p in sorted(PLUGIN_SRC.rglob("*"))
              if p.is_file() and p.suffix in SOURCE_SUFFIXES and "__pycache__" not in p.parts}
     files["cli.json"] = (json.dumps({"command": command or cli_command()}, indent=2) + "\n").encode()
+    files[DEFAULTS_JSON] = (json.dumps(plugin_defaults(), indent=2) + "\n").encode()
     with tempfile.TemporaryDirectory() as tmp:
         for style in write_styles(tmp):
             files[f"styles/{style.name}"] = style.read_bytes()

@@ -1,17 +1,15 @@
-"""All raster I/O: FLAIR tiles, other land-cover rasters, GeoTIFF/COG output.
+"""Raster reading: FLAIR tiles, other land-cover rasters, plain images; the grid checks they share.
 
 Every read returns a `RasterData` that carries CRS, transform (of the window read) and
-nodata; every write takes them back, atomically. Errors name the file and the problem.
-No torch here.
+nodata; every write (`seg2sat.geo.geotiff`) takes them back, atomically. Errors name the file
+and the problem. No torch here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import struct
 import zlib
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,6 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from seg2sat.atomic import atomic_path
 from seg2sat.errors import GeoreferenceError, RasterError
 
 FLAIR_IMG_BANDS = 5  # R, G, B, NIR, elevation
@@ -66,10 +63,6 @@ class RasterData:
         if self.count < 3:
             raise RasterError(f"{self.path}: {self.count} band(s), an RGB view needs 3")
         return np.ascontiguousarray(np.moveaxis(self.array[:3], 0, -1))
-
-    def band(self, index: int = 1) -> np.ndarray:
-        """One band (1-based, like rasterio) as (H, W)."""
-        return self.array[index - 1]
 
     def valid_mask(self) -> np.ndarray:
         """(H, W) True where no band holds nodata."""
@@ -151,7 +144,8 @@ def read_plain_image(path: str | Path, alpha: bool = False) -> np.ndarray:
         raise RasterError(f"{path}: not a readable image (corrupt or truncated?): {type(exc).__name__}: {exc}") from exc
 
 
-def _open(path: str | Path) -> Any:
+def open_raster(path: str | Path) -> Any:
+    """`rasterio.open`, with a one-line error naming the file when it is missing, empty or damaged."""
     path = Path(path)
     if not path.exists():
         raise RasterError(f"{path}: file not found")
@@ -166,13 +160,13 @@ def _open(path: str | Path) -> Any:
 def _read(src: Any, path: Path, window: Window | None, bands: list[int] | None) -> np.ndarray:
     try:
         return src.read(bands, window=window, boundless=False)
-    except Exception as exc:  # as in `_open`: whatever a damaged block raises
+    except Exception as exc:  # as in `open_raster`: whatever a damaged block raises
         raise RasterError(f"{path}: failed to read pixels (corrupt or truncated?): {exc}") from exc
 
 
 def raster_info(path: str | Path) -> dict[str, Any]:
     """Size, bands, dtypes, CRS, transform and nodata of a raster, without reading pixels."""
-    with _open(path) as src:
+    with open_raster(path) as src:
         return {
             "path": Path(path),
             "width": src.width,
@@ -203,7 +197,7 @@ def read_raster(
         crs: a CRS to assume for a raster that has none.
     """
     path = Path(path)
-    with _open(path) as src:
+    with open_raster(path) as src:
         if src.width == 0 or src.height == 0 or src.count == 0:
             raise RasterError(f"{path}: empty raster ({src.width}x{src.height}, {src.count} bands)")
         if src.count > MAX_BANDS:  # a damaged header: reading thousands of bands takes minutes
@@ -278,246 +272,3 @@ def check_same_grid(a: RasterData, b: RasterData, tol: float = 1e-6) -> None:
             f"{a.path} and {b.path}: georeferencing mismatch "
             f"({a.crs}, {tuple(a.transform)[:6]}) vs ({b.crs}, {tuple(b.transform)[:6]})"
         )
-
-
-def geotiff_profile(
-    width: int,
-    height: int,
-    count: int,
-    dtype: str | np.dtype,
-    crs: CRS | str | None,
-    transform: Affine,
-    nodata: float | int | None = None,
-    blocksize: int = 512,
-    compress: str = "deflate",
-) -> dict[str, Any]:
-    """A tiled, compressed GeoTIFF profile (COG-friendly once overviews are added)."""
-    dtype = np.dtype(dtype).name
-    profile: dict[str, Any] = {
-        "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype,
-        "crs": crs, "transform": transform, "nodata": nodata, "compress": compress,
-        "BIGTIFF": "IF_SAFER",
-    }
-    # GeoTIFF tiles must be multiples of 16; small rasters are written striped.
-    block = min(blocksize, 1 << (min(width, height).bit_length() - 1))
-    if block >= 16 and block % 16 == 0:
-        profile.update(tiled=True, blockxsize=block, blockysize=block)
-    if compress in ("deflate", "zstd", "lzw"):
-        profile["predictor"] = 2 if np.dtype(dtype).kind in "ui" else 3
-    if count >= 3 and dtype == "uint8":
-        profile["photometric"] = "RGB"
-    return profile
-
-
-def _add_overviews(dst: Any, resampling: str = "average", min_size: int = 256) -> None:
-    # classes are never averaged (a mean of codes 5 and 7 is code 6): masks use "nearest"
-    factors, f = [], 2
-    while max(dst.width, dst.height) // f >= min_size:
-        factors.append(f)
-        f *= 2
-    if factors:
-        dst.build_overviews(factors, rasterio.enums.Resampling[resampling])
-        dst.update_tags(ns="rio_overview", resampling=resampling)
-
-
-def geotiff_bytes(width: int, height: int, count: int, dtype: str | np.dtype, cog: bool = False,
-                  mask: bool = True) -> int:
-    """About how many bytes a GeoTIFF takes before compression: bands, mask, overviews (an upper bound)."""
-    pixels = width * height
-    size = pixels * (count * np.dtype(dtype).itemsize + (1 if mask else 0))
-    return size * 4 // 3 if cog else size
-
-
-# ---------------------------------------------------------------------------------------------
-# Checking a written GeoTIFF (libtiff may run out of space on close without GDAL raising)
-# ---------------------------------------------------------------------------------------------
-
-_TIFF_TYPES = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8: the types of offsets and byte counts
-_TIFF_BLOCK_TAGS = ((273, 279), (324, 325))  # (StripOffsets, StripByteCounts), (TileOffsets, TileByteCounts)
-
-
-def _tiff_values(fh: Any, end: str, big: bool, entry: bytes) -> list[int]:
-    """The integers of one IFD entry (inline, or at the offset it points to)."""
-    kind, count = struct.unpack(end + ("HQ" if big else "HI"), entry[2:12 if big else 8])[0:2]
-    if kind not in _TIFF_TYPES or count > 1 << 24:
-        raise ValueError(f"unexpected type {kind} or count {count} for block offsets")
-    fmt = end + _TIFF_TYPES[kind] * count
-    size, inline = struct.calcsize(fmt), entry[12:20] if big else entry[8:12]
-    if size <= len(inline):
-        return list(struct.unpack(fmt, inline[:size]))
-    fh.seek(struct.unpack(end + ("Q" if big else "I"), inline)[0])
-    data = fh.read(size)
-    if len(data) != size:
-        raise ValueError("block offsets past the end of the file")
-    return list(struct.unpack(fmt, data))
-
-
-def _tiff_ifd_blocks(fh: Any, end: str, big: bool, offset: int) -> tuple[list[tuple[int, int]], int]:
-    """The (offset, byte count) of every block of the IFD at `offset`, and the next IFD's offset."""
-    fh.seek(offset)
-    head = fh.read(8 if big else 2)
-    n = struct.unpack(end + ("Q" if big else "H"), head)[0]
-    width = 20 if big else 12
-    raw = fh.read(n * width + (8 if big else 4))
-    if len(head) < (8 if big else 2) or len(raw) != n * width + (8 if big else 4) or n > 4096:
-        raise ValueError(f"directory at byte {offset} is cut short")
-    entries = {struct.unpack(end + "H", raw[i:i + 2])[0]: raw[i:i + width] for i in range(0, n * width, width)}
-    blocks: list[tuple[int, int]] = []
-    for offsets_tag, counts_tag in _TIFF_BLOCK_TAGS:
-        if offsets_tag in entries and counts_tag in entries:
-            blocks += zip(_tiff_values(fh, end, big, entries[offsets_tag]),
-                          _tiff_values(fh, end, big, entries[counts_tag]), strict=True)
-    return blocks, struct.unpack(end + ("Q" if big else "I"), raw[-(8 if big else 4):])[0]
-
-
-def check_tiff_blocks(path: str | Path) -> None:
-    """Refuse a TIFF whose directories or blocks (every level, masks included) lie past its end.
-
-    Raises:
-        RasterError: not a TIFF, a directory cut short, or a block beyond the end of the file.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-            end = {b"II": "<", b"MM": ">"}.get(head[:2])
-            if end is None or len(head) < 8:
-                raise ValueError("not a TIFF header")
-            big = struct.unpack(end + "H", head[2:4])[0] == 43
-            offset = struct.unpack(end + "Q", head[8:16])[0] if big else struct.unpack(end + "I", head[4:8])[0]
-            seen: set[int] = set()
-            while offset:
-                if offset in seen or offset >= size or len(seen) > 4096:
-                    raise ValueError(f"directory at byte {offset} of a {size}-byte file")
-                seen.add(offset)
-                blocks, offset = _tiff_ifd_blocks(fh, end, big, offset)
-                cut = [o + n for o, n in blocks if n and o + n > size]
-                if cut:
-                    raise ValueError(f"a block ends at byte {max(cut)} of a {size}-byte file")
-    except (ValueError, struct.error) as exc:
-        raise RasterError(f"{path}: truncated or corrupt TIFF: {exc}") from exc
-
-
-def check_geotiff(path: str | Path, width: int, height: int, count: int) -> None:
-    """A written GeoTIFF is whole: every block within the file, and it opens with the size and bands written.
-
-    Raises:
-        RasterError: naming the file and what is wrong.
-    """
-    check_tiff_blocks(path)
-    with _open(path) as src:
-        if (src.width, src.height, src.count) != (width, height, count):
-            raise RasterError(f"{path}: reads as {src.width}x{src.height}x{src.count}, "
-                              f"{width}x{height}x{count} was written")
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing (one checked path: whole arrays and windows alike)
-# ---------------------------------------------------------------------------------------------
-
-
-def _check_colormap(path: Path, colormap: Mapping[int, tuple[int, ...]] | None, count: int, dtype: Any) -> None:
-    """A colour table belongs to one band of uint8/uint16 classes (GDAL refuses it elsewhere)."""
-    if colormap and (count != 1 or np.dtype(dtype).name not in ("uint8", "uint16")):
-        raise RasterError(f"{path}: a colour table needs one uint8/uint16 band, not {count} of {np.dtype(dtype).name}")
-
-
-class GeoTiffWriter:
-    """Windowed GeoTIFF writing for outputs larger than memory; complete only on close."""
-
-    def __init__(self, dst: Any, tmp: Path, path: Path, cog: bool, resampling: str = "average") -> None:
-        self._dst, self.tmp, self.path, self._cog, self._resampling = dst, tmp, path, cog, resampling
-
-    def write(self, array: np.ndarray, window: Window) -> None:
-        """Write (bands, h, w) (or (h, w)) pixels at `window`."""
-        if array.ndim == 2:
-            array = array[None]
-        self._dst.write(array, window=window)
-
-    def write_mask(self, mask: np.ndarray, window: Window) -> None:
-        """Write the dataset mask (255 valid, 0 nodata) at `window`."""
-        self._dst.write_mask(mask, window=window)
-
-    def tag(self, tags: dict[str, str] | None) -> None:
-        """Set dataset tags."""
-        if tags:
-            self._dst.update_tags(**tags)
-
-    def finish(self) -> None:
-        """Add overviews if asked."""
-        if self._cog:
-            _add_overviews(self._dst, self._resampling)
-
-
-@contextlib.contextmanager
-def _geotiff_writer(path: Path, profile: dict[str, Any], cog: bool,
-                    colormap: Mapping[int, tuple[int, int, int, int]] | None = None) -> Iterator[GeoTiffWriter]:
-    """The one write path: temp file, checked whole before the rename, a failed write one `WriteError`.
-
-    `colormap` (value -> RGBA, e.g. `seg2sat.geo.styles.colormap()`) gives a one-band uint8 or
-    uint16 class raster its colour table (and nearest-neighbour overviews), so GIS software
-    shows the classes in their colours.
-    """
-    width, height, count = profile["width"], profile["height"], profile["count"]
-    _check_colormap(path, colormap, count, profile["dtype"])
-    needed = geotiff_bytes(width, height, count, profile["dtype"], cog)
-    with atomic_path(path, needed=needed, check=lambda tmp: check_geotiff(tmp, width, height, count)) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            writer = GeoTiffWriter(dst, tmp, path, cog, "nearest" if colormap else "average")
-            if colormap:
-                dst.write_colormap(1, dict(colormap))
-            yield writer
-            writer.finish()
-
-
-def write_geotiff(
-    path: str | Path,
-    array: np.ndarray,
-    crs: CRS | str | None,
-    transform: Affine,
-    nodata: float | int | None = None,
-    cog: bool = False,
-    compress: str = "deflate",
-    tags: dict[str, str] | None = None,
-    colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
-) -> Path:
-    """Write (bands, H, W) or (H, W) as a GeoTIFF, atomically and checked; `cog` adds overviews.
-
-    `colormap`: a class raster's colour table (see `_geotiff_writer`).
-    """
-    path = Path(path)
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3 or array.shape[1] == 0 or array.shape[2] == 0:
-        raise RasterError(f"{path}: cannot write an array of shape {array.shape}")
-    if transform is None:
-        raise GeoreferenceError(f"{path}: refusing to write a GeoTIFF without a transform")
-    profile = geotiff_profile(array.shape[2], array.shape[1], array.shape[0], array.dtype,
-                              crs, transform, nodata, compress=compress)
-    with _geotiff_writer(path, profile, cog, colormap) as writer:
-        writer.write(array, Window(0, 0, array.shape[2], array.shape[1]))
-        writer.tag(tags)
-    return path
-
-
-@contextlib.contextmanager
-def open_geotiff_writer(
-    path: str | Path,
-    width: int,
-    height: int,
-    count: int,
-    dtype: str | np.dtype,
-    crs: CRS | str | None,
-    transform: Affine,
-    nodata: float | int | None = None,
-    cog: bool = False,
-    compress: str = "deflate",
-    tags: dict[str, str] | None = None,
-    colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
-) -> Iterator[GeoTiffWriter]:
-    """Yield a windowed writer to a temp file; renamed to `path` only if the block succeeds and the file is whole."""
-    profile = geotiff_profile(width, height, count, dtype, crs, transform, nodata, compress=compress)
-    with _geotiff_writer(Path(path), profile, cog, colormap) as writer:
-        writer.tag(tags)
-        yield writer

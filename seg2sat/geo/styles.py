@@ -23,6 +23,7 @@ from xml.sax.saxutils import quoteattr
 from seg2sat.atomic import atomic_path, write_text
 from seg2sat.errors import LegendError, VectorError
 from seg2sat.geo.legends import KNOWN_LEGENDS, load_named_legend
+from seg2sat.geo.raster import FLAIR_CRS
 from seg2sat.labels import BY_CODE, CLASSES
 
 FLAIR = "flair"  # the FLAIR legend itself (labels.py), beside the products of conf/legend/
@@ -203,7 +204,7 @@ def write_styles(folder: str | Path, names: Sequence[str] = STYLE_LEGENDS) -> li
     return [write_text(folder / file, text) for name in names for file, text in style_files(name).items()]
 
 
-def write_drawing_layer(path: str | Path, legend: str = FLAIR, crs: str = "EPSG:2154",
+def write_drawing_layer(path: str | Path, legend: str = FLAIR, crs: str = FLAIR_CRS.to_string(),
                         field: str = CLASS_FIELD, overwrite: bool = False) -> Path:
     """An empty polygon GeoPackage to draw land cover in, styled for `legend`.
 

@@ -72,7 +72,7 @@ def generate_block(pipe: Any, job: dict[str, Any], row: int, col: int) -> dict[s
     from rasterio.windows import Window as RioWindow
 
     from seg2sat.generation.tiling import generate_tiled
-    from seg2sat.geo.raster import open_geotiff_writer
+    from seg2sat.geo.geotiff import open_geotiff_writer
 
     t0 = time.perf_counter()
     grid = Grid(**job["grid"])
@@ -136,7 +136,7 @@ def compose_block(job: dict[str, Any], row: int, col: int, neighbours: dict[str,
     import rasterio
     from rasterio.windows import Window as RioWindow
 
-    from seg2sat.geo.raster import open_geotiff_writer
+    from seg2sat.geo.geotiff import open_geotiff_writer
 
     t0 = time.perf_counter()
     grid = Grid(**job["grid"])

@@ -15,7 +15,8 @@ from typing import Any
 
 from seg2sat import faults
 from seg2sat.errors import ConfigError, WriteError
-from seg2sat.generation.models import load_configured, process_state
+from seg2sat.generation.devices import process_state
+from seg2sat.generation.models import load_configured
 from seg2sat.progress import report as report_progress
 from seg2sat.scale.blocks import compose_block, generate_block
 from seg2sat.scale.grid import Grid, block_id, neighbour_ids

@@ -20,10 +20,10 @@ from seg2sat.errors import ConfigError
 from seg2sat.generation.files import SIDECAR_BYTES, prompt_for, versions
 from seg2sat.generation.models import peek_model
 from seg2sat.generation.sampling import PromptSpec, Sampling
-from seg2sat.generation.tiling import windows_for
+from seg2sat.generation.windows import windows_for
+from seg2sat.geo.geotiff import geotiff_bytes
 from seg2sat.geo.landcover import LandCover
 from seg2sat.geo.legends import load_legend
-from seg2sat.geo.raster import geotiff_bytes
 from seg2sat.scale.grid import Grid, plan_grid
 from seg2sat.scale.manifest import Manifest
 from seg2sat.scale.sources import Sources, find_sources, overview_codes, source_extent

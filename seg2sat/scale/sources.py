@@ -18,7 +18,8 @@ from affine import Affine
 from seg2sat.errors import RasterError
 from seg2sat.geo.inputs import VECTOR_SUFFIXES, find_inputs
 from seg2sat.geo.landcover import read_vector
-from seg2sat.geo.legends import Legend, map_values, resolve_legend
+from seg2sat.geo.legends import Legend, map_values
+from seg2sat.geo.recognise import resolve_legend
 from seg2sat.labels import OTHER_CODE
 from seg2sat.scale.grid import Grid
 

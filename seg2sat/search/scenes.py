@@ -13,8 +13,8 @@ from scipy import ndimage
 
 from seg2sat.errors import ConfigError
 from seg2sat.labels import BY_NAME, NAMES
-from seg2sat.search.encoders import TextEncoder
-from seg2sat.search.index import TileIndex
+from seg2sat.search.encoders import TextEncoder, text_encoder
+from seg2sat.search.index import TileIndex, build_index
 
 QUERIES_FILE = Path(__file__).parent / "queries.json"
 
@@ -115,6 +115,13 @@ def benchmark_scenes(size: int = 64, per_kind: int = 4, distractors: int = 24, s
         maps.append(scene_codes(size, rng).astype(np.uint8))
         kinds.append("synthetic")
     return ids, maps, kinds
+
+
+def scenes_index(encoder: TextEncoder | None = None, seed: int = 0
+                 ) -> tuple[TileIndex, dict[str, np.ndarray], list[str]]:
+    """The labelled scenes indexed by their maps: (index, {id: map}, kinds) (the app's and the lesson's)."""
+    ids, maps, kinds = benchmark_scenes(seed=seed)
+    return build_index(ids, maps, encoder or text_encoder()), dict(zip(ids, maps, strict=True)), kinds
 
 
 def load_queries(path: Path = QUERIES_FILE) -> list[dict[str, str]]:

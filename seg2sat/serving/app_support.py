@@ -33,9 +33,9 @@ from seg2sat.config import APP_CONFIG_ENV
 from seg2sat.errors import Seg2SatError
 from seg2sat.generation.models import LoadedModel
 from seg2sat.generation.sampling import PromptSpec, Sampling
-from seg2sat.geo.raster import GEOTIFF_SUFFIXES, IMAGE_ERRORS, PLAIN_IMAGE_SUFFIXES
+from seg2sat.geo.raster import FLAIR_CRS, GEOTIFF_SUFFIXES, IMAGE_ERRORS, PLAIN_IMAGE_SUFFIXES
 from seg2sat.hints import codes_to_hint, snap_hint
-from seg2sat.labels import CLASSES, CODES, code_of
+from seg2sat.labels import CLASSES, CODES, OTHER_CODE, code_of
 from seg2sat.prompts import STYLES
 
 _DEMO_LOCK = threading.Lock()  # one demo build per server (the lock file covers other servers)
@@ -234,6 +234,26 @@ def compose_drawing(base: np.ndarray, strokes: np.ndarray | None) -> tuple[np.nd
     return snapped.codes, snapped.hint, snapped.changed
 
 
+def paint_over(strokes: np.ndarray | None, shape: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray]:
+    """Strokes painted over an (H, W) aerial image -> (codes of the new land cover, painted mask).
+
+    The codes are `compose_drawing`'s (snapped to the legend) over "other", meaningful where
+    painted; None when nothing is painted.
+    """
+    painted = np.zeros(shape, bool)
+    if strokes is None:
+        return None, painted
+    strokes = np.asarray(strokes)
+    if strokes.shape[:2] != tuple(shape):
+        from seg2sat.geo.landcover import nearest_resize
+
+        strokes = nearest_resize(strokes, *shape)
+    painted = strokes[..., 3] > 0
+    if not painted.any():
+        return None, painted
+    return compose_drawing(np.full(shape, OTHER_CODE, np.uint8), strokes)[0], painted
+
+
 # ---------------------------------------------------------------------------------------------
 # Generation
 # ---------------------------------------------------------------------------------------------
@@ -275,20 +295,22 @@ def build_demo_model(cfg: DictConfig) -> Path:
 
 
 def make_prompt(codes: np.ndarray, cfg: DictConfig, place: str | None = None, style: str | None = None,
-                text: str | None = None, upload: Upload | None = None, model: LoadedModel | None = None) -> str:
+                text: str | None = None, upload: Upload | None = None, model: LoadedModel | None = None,
+                valid: np.ndarray | None = None) -> str:
     """The prompt `infer` would make for this map, with the page's place, style or full text.
 
-    The template is the config's, else the one `model` was trained with; a georeferenced
-    `upload` names its real place as `infer` does (`geo.places.place_on_grid`).
+    The template is the config's, else the one `model` was trained with; on a georeferenced
+    `upload` the place is the grid's real one, through `PromptSpec.for_grid` as in `infer`
+    (the map may have been resized to the canvas: the grid is scaled to it). `valid`: the
+    pixels the prompt describes (an edit's painted area), as `infer` reads a map's nodata.
     """
-    from seg2sat.geo.places import place_on_grid
-
     spec = PromptSpec.from_config(cfg.prompt, model, place=place, style=style, text=text)
-    where = spec.place
+    crs, transform = None, None
     if upload is not None and upload.georeferenced:
         height, width = (upload.codes if upload.codes is not None else upload.rgb).shape[:2]
-        where = place_on_grid(spec.place, upload.crs, upload.transform, width, height)
-    return spec.for_codes(codes, place=where)
+        crs = upload.crs
+        transform = upload.transform * Affine.scale(width / codes.shape[1], height / codes.shape[0])
+    return spec.for_grid(codes, valid, crs, transform)
 
 
 def generate(model: LoadedModel, codes: np.ndarray, prompt: str, settings: Sampling,
@@ -306,8 +328,12 @@ def generate(model: LoadedModel, codes: np.ndarray, prompt: str, settings: Sampl
 
 
 def edit(model: LoadedModel, image: np.ndarray, codes: np.ndarray, painted: np.ndarray, prompt: str,
-         settings: Sampling, *, margin: int = 8, progress: Any = None) -> np.ndarray:
-    """Regenerate the painted part of an aerial image (the rest stays bit-identical)."""
+         settings: Sampling, *, margin: int, progress: Any = None) -> np.ndarray:
+    """Regenerate the painted part of an aerial image (the rest stays bit-identical).
+
+    `margin` is `infer`'s `edit.margin` (the app config composes infer's), so an edit gives the
+    same pixels here and with `seg2sat infer edit.image=...`.
+    """
     from seg2sat.generation.tiling import regional_edit
 
     if not painted.any():
@@ -326,7 +352,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def geotiff_bytes(image: np.ndarray, crs: Any, transform: Affine, size: tuple[int, int] | None = None) -> bytes:
     """The image as a GeoTIFF on the upload's grid (resized back to `size` (w, h) if the map was)."""
-    from seg2sat.geo.raster import write_geotiff
+    from seg2sat.geo.geotiff import write_geotiff
 
     if size and (image.shape[1], image.shape[0]) != size:
         image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
@@ -335,11 +361,14 @@ def geotiff_bytes(image: np.ndarray, crs: Any, transform: Affine, size: tuple[in
         return path.read_bytes()
 
 
-def run_batch(cfg: DictConfig, upload: Upload, model: LoadedModel, progress: Any = None) -> tuple[bytes, dict[str, Any]]:
+def run_batch(cfg: DictConfig, upload: Upload, model: LoadedModel, settings: Sampling | None = None,
+              progress: Any = None) -> tuple[bytes, dict[str, Any]]:
     """Tiled inference (the `infer` stage) on an uploaded GeoTIFF with the shared model.
 
-    Returns the output GeoTIFF's bytes and its sidecar; the work folder (input copy, output)
-    is deleted before returning, so no run leaves anything on disk.
+    `settings` (the page's widgets, through `Sampling.from_config`) replace the config's
+    `sampling` group, the only one `infer` reads; None keeps the config's. Returns the output
+    GeoTIFF's bytes and its sidecar; the work folder (input copy, output) is deleted before
+    returning, so no run leaves anything on disk.
     """
     from seg2sat.stages import infer
 
@@ -350,9 +379,19 @@ def run_batch(cfg: DictConfig, upload: Upload, model: LoadedModel, progress: Any
         src.write_bytes(upload.data)
         run_cfg = OmegaConf.merge(cfg, {
             "input": str(src), "output_dir": str(Path(tmp) / "out"), "overwrite": True, "preview": False,
-            "cog": False, "crs": None if upload.crs is not None else "EPSG:2154"})
+            "cog": False, "crs": None if upload.crs is not None else FLAIR_CRS.to_string()},
+            {"sampling": settings.kwargs()} if settings is not None else {})
         tif = infer.run(run_cfg, model=model).outputs[0]
         return tif.read_bytes(), json.loads(Path(f"{tif}.json").read_text())
+
+
+def hit_pictures(record: dict[str, Any], code_map: np.ndarray | None, root: Path | None) -> dict[str, np.ndarray]:
+    """What the Search page shows of a hit: a dataset tile's image and map, or a demo scene's map."""
+    if root is None:
+        return {"map": codes_to_hint(code_map)}
+    from seg2sat.data.dataset import load_rgb
+
+    return {"image": load_rgb(root / record["image"]), "map": load_rgb(root / record["hint"])}
 
 
 def model_summary(model: LoadedModel, cfg: DictConfig) -> dict[str, Any]:

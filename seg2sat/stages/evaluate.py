@@ -26,13 +26,13 @@ from seg2sat.data.dataset import read_manifest
 from seg2sat.errors import DatasetError, ModelError
 from seg2sat.evaluation.judge import JudgeConfig, find_prepared, load_or_train_judge, split_arrays
 from seg2sat.evaluation.scores import Judges, ReportSettings, fidelity_report, write_outputs
+from seg2sat.generation.devices import resolve_device_dtype
 from seg2sat.generation.models import (
     MODEL_INFO,
     LoadedModel,
     check_controlnet,
     load_model,
     load_pipeline_from_base,
-    resolve_device_dtype,
 )
 from seg2sat.generation.sampling import Sampling
 from seg2sat.hints import codes_to_hint
@@ -113,7 +113,9 @@ def run(cfg: DictConfig) -> EvaluateResult:
                 "controlnet_scale": settings.controlnet_scale, "negative_prompt": settings.negative_prompt,
                 "scheduler": str(cfg.sampling.scheduler)}
     # 3-5. Judges, generation, scores.
+    t_judges = time.perf_counter()
     judges, trained_now = _judges(cfg, prepared, model)
+    log.info("evaluate: judges ready in %.1f s (main judge trained now: %s)", time.perf_counter() - t_judges, trained_now)
     plan = ReportSettings(sampling=sampling, seed=settings.seed, batch_size=int(cfg.batch_size),
                           vae_round_trip=bool(cfg.vae_round_trip), realism_weights=_realism_weights(cfg),
                           sweep_steps=tuple(int(v) for v in (cfg.get("sweep_steps") or ())))

@@ -29,13 +29,14 @@ from omegaconf import DictConfig
 from seg2sat import faults
 from seg2sat.atomic import check_space, space_line, write_json
 from seg2sat.errors import BatchError, Seg2SatError, WriteError
+from seg2sat.generation.devices import process_state
+from seg2sat.generation.edit import edit_file
 from seg2sat.generation.files import (
     SIDECAR_BYTES,
     SIDECAR_SUFFIX,
     FileJob,
     InputCheck,
     check_input,
-    edit_file,
     generate_file,
     is_finished,
     output_paths,
@@ -43,7 +44,7 @@ from seg2sat.generation.files import (
     sweep_leftovers,
     write_sidecar,
 )
-from seg2sat.generation.models import LoadedModel, load_configured, peek_model, process_state
+from seg2sat.generation.models import LoadedModel, load_configured, peek_model
 from seg2sat.geo.inputs import find_inputs
 from seg2sat.geo.stac import COLLECTION_NAME, item_path, write_item, write_run_collection
 from seg2sat.progress import json_mode

@@ -1,18 +1,23 @@
-"""`seg2sat qgis <action>`: install or zip the QGIS plugin, write legend styles, make a drawing layer."""
+"""`seg2sat qgis <action>`: the QGIS plugin (install, zip), legend styles, a drawing layer, the plugin's defaults.
+
+`defaults` prints the defaults of the plugin's parameters as one JSON line: what the plugin
+reads when it has no `defaults.json` beside it.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from seg2sat.errors import ConfigError
-from seg2sat.geo.qgis import install_plugin, zip_plugin
+from seg2sat.geo.qgis import install_plugin, plugin_defaults, zip_plugin
 from seg2sat.geo.styles import FLAIR, write_drawing_layer, write_styles
 
 log = logging.getLogger(__name__)
-ACTIONS = ("install", "zip", "styles", "layer")
+ACTIONS = ("install", "zip", "styles", "layer", "defaults")
 
 
 def _output(cfg: DictConfig, default: str) -> Path:
@@ -36,6 +41,9 @@ def run(cfg: DictConfig) -> list[Path]:
         written = [write_drawing_layer(_output(cfg, "landcover.gpkg"), legend, str(cfg.crs),
                                        overwrite=bool(cfg.overwrite))]
         print(f"qgis: {written[0]} (styled by {written[0].with_suffix('.qml').name})")
+    elif action == "defaults":
+        written = []
+        print(json.dumps(plugin_defaults()), flush=True)
     else:
         raise ConfigError(f"action={action}: one of {', '.join(ACTIONS)}")
     return written

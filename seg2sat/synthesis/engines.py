@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from seg2sat import faults
-from seg2sat.evaluation.judge import JudgeConfig, load_or_train_judge
-from seg2sat.generation.models import load_configured, process_state
+from seg2sat.evaluation.judge import Judge, JudgeConfig, load_or_train_judge, split_arrays
+from seg2sat.generation.devices import process_state
+from seg2sat.generation.models import load_configured
 from seg2sat.generation.sampling import PromptSpec, Sampling
 from seg2sat.progress import report as report_progress
 from seg2sat.scale.engines import ray_actors, ray_init
@@ -24,6 +25,7 @@ from seg2sat.synthesis.plan import TilePlan
 from seg2sat.synthesis.sources import MaskItem
 from seg2sat.synthesis.spec import Quality
 from seg2sat.synthesis.tiles import Renderer
+from seg2sat.synthesis.trust import Trust, TrustSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,16 @@ def build_renderer(cfg: Any, items: list[list[MaskItem]], bank: ShapeBank, quali
     return Renderer(model=model, judge=judge, items=items, bank=bank,
                     sampling=Sampling.from_config(cfg["sampling"], model),
                     prompt=PromptSpec.from_config(cfg["prompt"], model), quality=quality,
-                    out_dir=Path(cfg["output_dir"]))
+                    out_dir=Path(cfg["output_dir"]), trust=build_trust(cfg, judge))
+
+
+def build_trust(cfg: Any, judge: Judge | None) -> Trust | None:
+    """The per-pixel trust of `cfg.trust` (None when off): the judge's class losses on `judge_data`'s real images."""
+    settings = TrustSettings.from_config(cfg.get("trust"))
+    if not settings.enabled or judge is None:
+        return None
+    _, images, codes = split_arrays(str(cfg["judge_data"]), "train")
+    return Trust.fit(judge, images, codes, settings.factor)
 
 
 class RendererActor:

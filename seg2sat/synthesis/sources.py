@@ -11,7 +11,6 @@ Every map is a `MaskItem` of exactly the model's tile size; nothing here touches
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,9 +92,3 @@ def source_items(spec: SourceSpec, index: int, tile: int, resolution: float | No
         raise DatasetError(f"sources[{index}] ({spec.kind}, {spec.path}): no maps ({what}); check the source")
     return items
 
-
-def source_path_check(path: Path) -> Path:
-    """A prepared dataset folder (holding manifest.jsonl) or a land-cover file, refused otherwise."""
-    if path.is_dir() and not (path / "manifest.jsonl").exists():
-        raise DatasetError(f"{path}: not a prepared dataset (no manifest.jsonl); run `seg2sat prepare` first")
-    return path

@@ -6,7 +6,9 @@ both on the map's grid (CRS and transform), each written atomically, then its re
 (`tiles/<id>.json`, written last: the completion mark a rerun skips on). A pair whose best
 re-segmented mIoU stays under the quality bar after its retries is dropped, and its record says
 so. Without a judge (`judge_data: null`, e.g. land cover of a place with no real images to
-train one on) every pair is kept unjudged (score null). The mask carries the FLAIR colour table,
+train one on) every pair is kept unjudged (score null). With `trust` on, the pixels of a kept
+pair that the judge does not read as their class are written as labels.IGNORE_CODE in its mask
+(seg2sat.synthesis.trust; the record counts them, the metadata declares the code). The mask carries the FLAIR colour table,
 and each pair has a STAC Item beside its image (`IMG_<id>.stac.json`: the image, the mask as a
 `labels` asset, the model, map, prompt and seed). Everything a tile does depends on its plan
 entry alone, so any number of workers writes the same GeoTIFF bytes.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +32,17 @@ from seg2sat.generation.files import versions
 from seg2sat.generation.models import LoadedModel
 from seg2sat.generation.sampling import PromptSpec, Sampling
 from seg2sat.generation.tiling import generate_image
+from seg2sat.geo.geotiff import write_geotiff
 from seg2sat.geo.places import place_for
-from seg2sat.geo.raster import write_geotiff
 from seg2sat.geo.stac import AssetFile, Provenance, item_path, raster_item, write_item
 from seg2sat.geo.styles import colormap
-from seg2sat.labels import class_shares
+from seg2sat.labels import IGNORE_CODE, class_shares
 from seg2sat.prompts import caption_for
 from seg2sat.synthesis.edit import ShapeBank, edit_map
 from seg2sat.synthesis.plan import TilePlan
 from seg2sat.synthesis.sources import MaskItem
 from seg2sat.synthesis.spec import Quality
+from seg2sat.synthesis.trust import Trust
 
 RECORDS_DIR = "tiles"
 BANDS = ("red", "green", "blue")  # what a synthetic IMG holds (FLAIR's IMG has NIR and elevation too)
@@ -72,6 +75,7 @@ class Renderer:
     prompt: PromptSpec
     quality: Quality
     out_dir: Path
+    trust: Trust | None = None  # None: every pixel of a kept pair keeps its map's label
 
     def _map(self, plan: TilePlan) -> tuple[MaskItem, np.ndarray, list[dict[str, Any]]]:
         item = self.items[plan.source][plan.item]
@@ -128,11 +132,22 @@ class Renderer:
                   "size": [int(codes.shape[1]), int(codes.shape[0])],
                   "shares": class_shares(codes, item.valid)}
         if accepted:
-            img, msk = self._write_pair(codes, image, item, record)
+            img, msk = self._write_pair(self._trusted(image, codes, record), image, item, record)
             record.update(image=str(img.relative_to(self.out_dir)), mask=str(msk.relative_to(self.out_dir)))
         record["seconds"] = round(time.perf_counter() - t0, 3)
         write_json(record_path(self.out_dir, plan.id), record, durable=True)  # last: the tile is finished
         return record
+
+    def _trusted(self, image: np.ndarray, codes: np.ndarray, record: dict[str, Any]) -> np.ndarray:
+        """The mask to write: with `trust`, pixels the judge does not read as their class become IGNORE_CODE.
+
+        The record counts them (`ignored`); without trust the mask is the map, and the record unchanged.
+        """
+        if self.trust is None:
+            return codes
+        untrusted = self.trust.untrusted(image, codes)
+        record["ignored"] = int(untrusted.sum())
+        return np.where(untrusted, np.uint8(IGNORE_CODE), codes).astype(codes.dtype)
 
     def _write_pair(self, codes: np.ndarray, image: np.ndarray, item: MaskItem, record: dict[str, Any]
                     ) -> tuple[Path, Path]:
@@ -171,7 +186,3 @@ class Renderer:
         return {"maps": len(plans), "seeds": seeds, "within_map": round(float(np.mean(within)), 4),
                 "between_maps": round(b, 4), "within_over_between": round(float(np.mean(within)) / b, 3)}
 
-
-def plan_record(plan: TilePlan) -> dict[str, Any]:
-    """The plan entry as plain values (for the dry run and the manifest)."""
-    return {**asdict(plan), "needs": {str(k): v for k, v in plan.needs.items()}}

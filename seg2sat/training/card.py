@@ -98,12 +98,18 @@ def _more_scores(fid: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _origin(info: dict[str, Any]) -> str:
+    """Where a copied base came from (the tiny base is copied into the folder), or nothing."""
+    source = info.get("trained_on_base")
+    return f", trained on `{source}`" if source and source != info["base_model"] else ""
+
+
 def card_body(info: dict[str, Any], train_cfg: dict[str, Any] | None, has_grid: bool) -> str:
     """The card's Markdown below its header: model, data, fidelity, validation grid, legend."""
     lines = [f"# Seg2Sat ControlNet: {info['name']}", "",
              "A ControlNet that turns FLAIR land-cover colour hints into aerial images. The images it makes are",
              "generated, not photographs: they show what a place with this land cover could look like.", "",
-             "## Model", f"- base: `{info['base_model']}`", f"- resolution: {info['resolution']} px",
+             "## Model", f"- base: `{info['base_model']}`{_origin(info)}", f"- resolution: {info['resolution']} px",
              f"- prediction type: {info['prediction_type']}", f"- training steps: {info.get('steps')}",
              "- use: `seg2sat infer model_path=<this folder> input=map.tif`, or diffusers' "
              "`ControlNetModel.from_pretrained(<folder>/controlnet)`", ""]

@@ -20,14 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from seg2sat.atomic import atomic_dir, size_of, sweep_tmp, write_json, write_text
 from seg2sat.errors import ModelError
-from seg2sat.generation.models import (
-    MODEL_INFO,
-    TINY_PRESET,
-    TINY_RANDOM,
-    build_tiny_components,
-    read_model_info,
-    save_pipeline_parts,
-)
+from seg2sat.generation.models import MODEL_INFO, read_model_info, save_pipeline_parts
+from seg2sat.generation.tiny import TINY_PRESET, TINY_RANDOM, build_tiny_components
 from seg2sat.labels import CLASSES
 from seg2sat.prompts import DEFAULT_TEMPLATE
 from seg2sat.training.card import model_card, write_mlm_item
@@ -59,10 +53,20 @@ def _checkpoint(cfg: DictConfig) -> Path:
     return ckpt
 
 
+def trained_on_base(train_cfg: dict[str, Any] | None, base_model: str | None) -> str:
+    """The base the ControlNet was trained on, as training loaded it (a folder, a hub id, `tiny-random-<seed>`).
+
+    For the tiny preset `base_model` is the copy inside the exported folder; this names its origin.
+    """
+    if train_cfg is None:  # a plain ControlNet: the base it is exported with
+        return str(base_model)
+    return str(train_cfg.get("resolved_base") or train_cfg["model"].get("base"))
+
+
 def _write_base(train_cfg: dict[str, Any], dest: Path) -> str:
     """The base reference; for the tiny preset, copy (or rebuild) its weights into base/."""
     model = train_cfg["model"]
-    resolved = str(train_cfg.get("resolved_base") or model.get("base"))
+    resolved = trained_on_base(train_cfg, None)
     if model["name"] != TINY_PRESET:
         return resolved
     if resolved.startswith(TINY_RANDOM):  # random tiny weights: rebuilt from their seed
@@ -166,7 +170,8 @@ def export_model(cfg: DictConfig) -> ExportResult:
         resolution, template = trained_with(train_cfg)
         info = {
             "format": "seg2sat-model", "version": FORMAT_VERSION, "name": out.name,
-            "base_model": base, "controlnet": "controlnet",
+            "base_model": base, "trained_on_base": trained_on_base(train_cfg, cfg.base_model),
+            "controlnet": "controlnet",
             "controlnet_fp16": "controlnet_fp16" if cfg.fp16 else None,
             "resolution": resolution,
             "prediction_type": "epsilon",

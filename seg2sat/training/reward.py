@@ -52,8 +52,8 @@ class RewardConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.share <= 1 or self.t_max < 1 or self.every < 1 or self.weight < 0:
-            raise ConfigError(f"reward: share={self.share} in (0, 1], t_max={self.t_max} >= 1, every={self.every} "
-                              f">= 1 and weight={self.weight} >= 0 are required")
+            raise ConfigError(f"reward.share={self.share} in (0, 1], reward.t_max={self.t_max} >= 1, "
+                              f"reward.every={self.every} >= 1 and reward.weight={self.weight} >= 0 are required")
 
     @classmethod
     def from_config(cls, cfg: Any) -> RewardConfig:

@@ -29,8 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from seg2sat.data.dataset import load_rgb, read_manifest, tokenize
-from seg2sat.generation.models import build_tiny_components, save_pipeline_parts
-from seg2sat.generation.tiling import VAE_FACTOR
+from seg2sat.data.pixels import to_vae_range
+from seg2sat.generation.models import save_pipeline_parts
+from seg2sat.generation.sampling import VAE_FACTOR
+from seg2sat.generation.tiny import build_tiny_components
 
 log = logging.getLogger(__name__)
 # Noise levels at which the held-out denoising loss is reported (high t decides the layout).
@@ -79,7 +81,7 @@ def _images(prepared_dir: Path, split: str) -> tuple[torch.Tensor, list[str]]:
     if not rows:
         return torch.zeros(0, 3, 0, 0), []
     pix = np.stack([load_rgb(prepared_dir / r["image"]) for r in rows]).astype(np.float32)
-    return torch.from_numpy(pix).permute(0, 3, 1, 2) / 127.5 - 1, [r["caption"] for r in rows]
+    return to_vae_range(torch.from_numpy(pix).permute(0, 3, 1, 2)), [r["caption"] for r in rows]
 
 
 def _random_crops(images: torch.Tensor, k: int, size: int, g: torch.Generator) -> torch.Tensor:

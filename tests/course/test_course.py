@@ -41,6 +41,8 @@ def test_sampled_frequencies_follow_the_distribution():
         assert abs(f - p) < 4 * math.sqrt(p * (1 - p) / 20000)
 
 
+# A lesson's training or the small LLM (tens of seconds): in CI's `-m slow` run, not the default one.
+@pytest.mark.slow
 def test_small_gpt_learns_on_a_fixed_seed():
     model, tok, log = gpt.train_gpt(steps=120, eval_every=40, batch_size=16, seed=0,
                                     cfg=gpt.GPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32))
@@ -52,7 +54,7 @@ def test_small_gpt_learns_on_a_fixed_seed():
 
 
 def test_noise_schedule_signal_levels():
-    from seg2sat.generation.models import build_tiny_components
+    from seg2sat.generation.tiny import build_tiny_components
 
     sched = build_tiny_components(0)["scheduler"]
     levels = diffusion.signal_level(sched, [0, 500, 999])
@@ -67,6 +69,8 @@ def test_noise_schedule_signal_levels():
     assert abs(noised[0].astype(int) - 200).mean() < 5 and noised[1].std() > 40
 
 
+# A lesson's training or the small LLM (tens of seconds): in CI's `-m slow` run, not the default one.
+@pytest.mark.slow
 def test_denoising_trajectory_on_the_tiny_model():
     from seg2sat.generation.models import load_pipeline
     from seg2sat.hints import codes_to_hint
@@ -95,7 +99,7 @@ def test_tiktoken_offline_ids_and_language_cost(tmp_path, monkeypatch):
 
 def test_clip_truncation_of_a_long_caption():
     from seg2sat.course import tokens
-    from seg2sat.generation.models import tiny_tokenizer
+    from seg2sat.generation.tokenizer import tiny_tokenizer
 
     caption = "Aerial view of Gironde. " + ", ".join(["building", "water", "deciduous", "coniferous"] * 12)
     out = tokens.clip_truncation(tiny_tokenizer(), caption)
@@ -177,6 +181,8 @@ def smollm():
     return llm
 
 
+# A lesson's training or the small LLM (tens of seconds): in CI's `-m slow` run, not the default one.
+@pytest.mark.slow
 def test_llm_chat_context_and_next_token(smollm):
     msgs = smollm.messages("You are a geographer.", [("Hi", "Hello!")], "What is the capital of France?")
     ctx = smollm.chat_context(msgs)
@@ -189,6 +195,8 @@ def test_llm_chat_context_and_next_token(smollm):
     assert sum(r["top_k=3"] for r in table[:3]) == pytest.approx(1.0)
 
 
+# A lesson's training or the small LLM (tens of seconds): in CI's `-m slow` run, not the default one.
+@pytest.mark.slow
 def test_llm_greedy_reply_matches_transformers_generate(smollm):
     import torch
 
@@ -219,6 +227,8 @@ def test_french_word_vectors_and_secret_word_game():
         assert v is not None and v.shape == (300,) and np.linalg.norm(v) > 0, w
 
 
+# A lesson's training or the small LLM (tens of seconds): in CI's `-m slow` run, not the default one.
+@pytest.mark.slow
 def test_llm_short_finetune_makes_the_text_likelier(smollm):
     from seg2sat.course import gpt
 
@@ -246,6 +256,8 @@ def test_real_clip_tokenizer_ids_and_truncation():
     assert out["kept_text"].startswith("aerial view of gironde")
 
 
+# A lesson's training or the small LLM (tens of seconds): in CI's `-m slow` run, not the default one.
+@pytest.mark.slow
 def test_course_cli_dpo_and_agent_lessons(stage_cfg_course):
     from seg2sat.course import lessons as course
 

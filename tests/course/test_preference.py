@@ -18,6 +18,8 @@ def test_pairs_come_from_the_legend_and_hold_out_whole_classes():
     assert "code 5" in water.chosen and "#1553ae" in water.chosen and "code" not in water.rejected
 
 
+# A lesson's training or the small LLM (tens of seconds): in CI's `-m slow` run, not the default one.
+@pytest.mark.slow
 def test_dpo_raises_the_heldout_margin():
     train, heldout = preference.load_pairs()
     torch.manual_seed(0)

@@ -27,6 +27,8 @@ def retriever():
     return rag.Retriever(rag.load_passages())
 
 
+# A lesson's training or the small LLM (tens of seconds): in CI's `-m slow` run, not the default one.
+@pytest.mark.slow
 def test_retrieval_finds_the_passage_holding_the_fact(retriever):
     hits = [any(rag.has_fact(p.text, q["answer"]) for p, _ in retriever.top(q["question"], 2))
             for q in rag.load_questions()]
@@ -52,6 +54,8 @@ def smollm():
         pytest.skip(str(exc))
 
 
+# A lesson's training or the small LLM (tens of seconds): in CI's `-m slow` run, not the default one.
+@pytest.mark.slow
 def test_passages_make_the_right_answer_likelier(retriever, smollm):
     q = next(q for q in rag.load_questions() if q["answer"] == "0.2 m")
     options = [q["answer"], *q["distractors"]]

@@ -122,7 +122,7 @@ def read_whole(path: Path, root: Path) -> object:
     if suffix in (".tif", ".png", ".vrt"):
         import rasterio
 
-        from seg2sat.geo.raster import check_tiff_blocks
+        from seg2sat.geo.tiff import check_tiff_blocks
 
         if suffix == ".tif":
             check_tiff_blocks(path)

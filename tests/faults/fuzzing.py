@@ -118,7 +118,8 @@ def write_seeds(folder: Path) -> dict[str, Path]:
     from PIL import Image
     from shapely.geometry import box
 
-    from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
+    from seg2sat.geo.geotiff import write_geotiff
+    from seg2sat.geo.raster import FLAIR_CRS
     from seg2sat.hints import codes_to_hint
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -202,7 +203,7 @@ def _check_landcover(lc) -> None:
 def _landcover(path: Path, legend=None, crs=None) -> None:
     """What `infer` does with an input before any model loads (`files.check_input`)."""
     from seg2sat.geo.landcover import InputOptions
-    from seg2sat.geo.legends import resolve_legend
+    from seg2sat.geo.recognise import resolve_legend
 
     options = InputOptions(crs=crs, work_resolution=None)
     lc, work = options.read(path, resolve_legend(path, legend))
@@ -260,7 +261,7 @@ def _records_shard(path: Path) -> None:
 
 
 def _cache_index(path: Path) -> None:
-    from seg2sat.data.dataset import cache_damage
+    from seg2sat.data.latent_cache import cache_damage
 
     damaged = cache_damage(path.parent)
     assert isinstance(damaged, list) and all(isinstance(name, str) for name in damaged)

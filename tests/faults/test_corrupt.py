@@ -50,7 +50,7 @@ def checkpoints(prepared_tiny, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("train")
     args = [f"paths.root_dir={root}", f"prepared_dir={prepared_tiny}", "batch_size=4", "validation_steps=0",
-            "max_steps=4", "checkpointing_steps=2", "resume=latest"]
+            "max_steps=4", "checkpointing_steps=2", "resume=latest", "model.random_weights=true"]
     run = train.run(compose("train", args))
     return run.run_dir, args
 
@@ -85,7 +85,7 @@ def test_damaged_checkpoint_is_passed_over_and_its_steps_redone(checkpoints, nam
 def tiny_parts():
     from seg2sat.generation.models import load_components
 
-    return load_components(compose("train", []).model)
+    return load_components(compose("train", ["model.random_weights=true"]).model)
 
 
 @pytest.mark.parametrize(("name", "damage"), [
@@ -95,7 +95,7 @@ def tiny_parts():
     ("index.json", truncate),
 ])
 def test_damaged_cache_shard_is_encoded_again(prepared_tiny, tiny_parts, name, damage, tmp_path):
-    from seg2sat.data.dataset import LatentCache
+    from seg2sat.data.latent_cache import LatentCache
 
     prepared = shutil.copytree(prepared_tiny, tmp_path / "prepared", ignore=shutil.ignore_patterns("cache"))
     cache, built = LatentCache.build_or_load(prepared, "train", tiny_parts, 64, shard_size=4)

@@ -35,7 +35,7 @@ def sources(tmp_path_factory, prepared_tiny):
     _map(root / "maps" / "a.tif", shape=(64, 128))
     sample_data.run(compose("sample_data", [f"paths.root_dir={root}", "domains=[D064_2021]", "tiles_per_domain=2"]))
     run = train.run(compose("train", [f"paths.root_dir={root}", f"prepared_dir={prepared_tiny}", "batch_size=4",
-                                      "validation_steps=0", "max_steps=1"]))
+                                      "validation_steps=0", "max_steps=1", "model.random_weights=true"]))
     return {"infer": [f"input={root / 'maps'}", *FAST], "mosaic": [f"input={root / 'maps'}", *MOSAIC],
             "prepare": [f"data_root={root / 'data' / 'sample_flair'}"],
             "train": [f"prepared_dir={prepared_tiny}", "max_steps=1", "batch_size=4", "validation_steps=0"],
@@ -117,7 +117,7 @@ def test_mosaic_source_removed_mid_run_fails_its_blocks_and_the_rest_goes_on(tmp
     import rasterio
     from affine import Affine
 
-    from seg2sat.geo.raster import write_geotiff
+    from seg2sat.geo.geotiff import write_geotiff
     from seg2sat.stages import mosaic
 
     whole = _map(tmp_path / "whole.tif", shape=(64, 128))

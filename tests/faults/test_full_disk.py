@@ -26,7 +26,8 @@ from faultkit import (
 )
 
 from seg2sat.config import compose
-from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
+from seg2sat.geo.geotiff import write_geotiff
+from seg2sat.geo.raster import FLAIR_CRS
 
 EVERY = pytest.param(True, marks=pytest.mark.faults, id="every-write")
 SAMPLE = pytest.param(False, id="each-kind")
@@ -161,7 +162,7 @@ RNG_FILES = (r".*/random_states_\d+\.pkl", r".*/checksums\.json")
 def _train_cfg(root, *overrides):
     return compose("train", [f"paths.root_dir={root}", f"prepared_dir={root / 'prepared'}", "batch_size=4",
                              "log_every=1", "validation_steps=0", "max_steps=2", "checkpointing_steps=1",
-                             "resume=latest", *overrides])
+                             "resume=latest", "model.random_weights=true", *overrides])
 
 
 @pytest.mark.parametrize("every", [SAMPLE, EVERY])
@@ -187,23 +188,13 @@ def test_train_checkpoints_and_latent_cache(every, prepared_tiny, small_disk, in
     assert not failures, "\n".join(failures)
 
 
-@pytest.fixture(scope="module")
-def trained_run(prepared_tiny, tmp_path_factory):
-    """A run with two checkpoints, to export and evaluate."""
-    from seg2sat.stages import train
-
-    root = tmp_path_factory.mktemp("run")
-    return train.run(compose("train", [f"paths.root_dir={root}", f"prepared_dir={prepared_tiny}", "batch_size=4",
-                                       "validation_steps=0", "max_steps=2", "checkpointing_steps=2"])).run_dir
-
-
 @pytest.mark.parametrize("every", [SAMPLE, EVERY])
 def test_export(every, trained_run, small_disk, inject, monkeypatch, tmp_path):
     from seg2sat.stages import export
 
     disk = small_disk("16m")
     out = disk / "model"
-    cfg = compose("export", [f"paths.root_dir={tmp_path}", f"run_dir={trained_run}", f"output_dir={out}"])
+    cfg = compose("export", [f"paths.root_dir={tmp_path}", f"run_dir={trained_run.run_dir}", f"output_dir={out}"])
     points = write_points(lambda: export.run(cfg), tmp_path / "points.log", monkeypatch)
     reference = products(out)
     assert {"seg2sat.json", "controlnet/diffusion_pytorch_model.safetensors", "README.md"} <= set(reference)
@@ -224,7 +215,7 @@ def test_evaluate_and_judge_cache(every, trained_run, prepared_tiny, small_disk,
 
     disk = small_disk("24m")
     model = tmp_path / "model"
-    export.run(compose("export", [f"paths.root_dir={tmp_path}", f"run_dir={trained_run}", f"output_dir={model}"]))
+    export.run(compose("export", [f"paths.root_dir={tmp_path}", f"run_dir={trained_run.run_dir}", f"output_dir={model}"]))
 
     def fresh():
         shutil.copytree(prepared_tiny, disk / "prepared", ignore=shutil.ignore_patterns("cache"))
@@ -253,7 +244,7 @@ def test_synthesize(every, trained_run, prepared_tiny, small_disk, inject, monke
 
     disk = small_disk("16m")
     model, out = tmp_path / "model", disk / "synthetic"
-    export.run(compose("export", [f"paths.root_dir={tmp_path}", f"run_dir={trained_run}", f"output_dir={model}"]))
+    export.run(compose("export", [f"paths.root_dir={tmp_path}", f"run_dir={trained_run.run_dir}", f"output_dir={model}"]))
     cfg = compose("synthesize", [f"paths.root_dir={tmp_path}", f"paths.prepared_dir={prepared_tiny}",
                                  f"model_path={model}", f"output_dir={out}", "target.n_tiles=3", "sampling.steps=2",
                                  "sampling.batch_size=1", "diversity.maps=0", "quality.threshold=0.0", *FAST_JUDGE])

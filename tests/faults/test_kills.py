@@ -81,7 +81,8 @@ def test_train(moment, prepared_tiny, one_thread, tmp_path, monkeypatch):
     def setup(root):
         shutil.copytree(prepared_tiny, root / "prepared", ignore=shutil.ignore_patterns("cache"))
         return [f"paths.root_dir={root}", f"prepared_dir={root / 'prepared'}", "batch_size=4", "log_every=1",
-                "validation_steps=0", "max_steps=4", "checkpointing_steps=2", "resume=latest"]
+                "validation_steps=0", "max_steps=4", "checkpointing_steps=2", "resume=latest",
+                "model.random_weights=true"]
 
     ref_args = setup(tmp_path / "ref")
     points = write_points(lambda: train.run(compose("train", ref_args)), tmp_path / "points.log", monkeypatch)
@@ -99,9 +100,9 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 from seg2sat.config import compose
-from seg2sat.data.dataset import LatentCache
+from seg2sat.data.latent_cache import LatentCache
 from seg2sat.generation.models import load_components
-cfg = compose("train", [])
+cfg = compose("train", ["model.random_weights=true"])
 comps = load_components(cfg.model)
 LatentCache.build_or_load(Path(sys.argv[1]), "train", comps, 64, shard_size=4)
 """
@@ -153,21 +154,12 @@ def test_mosaic(moment, mosaic_input, one_thread, tmp_path):
     assert survive_kill("mosaic", ["mosaic", *common, f"output_dir={out}"], moment, out, reference, tmp_path) == []
 
 
-@pytest.fixture(scope="module")
-def trained_run(prepared_tiny, tmp_path_factory):
-    from seg2sat.stages import train
-
-    root = tmp_path_factory.mktemp("run")
-    return train.run(compose("train", [f"paths.root_dir={root}", f"prepared_dir={prepared_tiny}", "batch_size=4",
-                                       "validation_steps=0", "max_steps=2", "checkpointing_steps=2"])).run_dir
-
-
 @pytest.mark.faults
 def test_export(trained_run, tmp_path, monkeypatch):
     """Killed with the model folder complete under its temp name: the rerun sweeps it and exports again."""
     from seg2sat.stages import export
 
-    common = [f"paths.root_dir={tmp_path}", f"run_dir={trained_run}"]
+    common = [f"paths.root_dir={tmp_path}", f"run_dir={trained_run.run_dir}"]
     ref = tmp_path / "ref" / "model"  # the same folder name: a model is named after its folder
     points = write_points(lambda: export.run(compose("export", [*common, f"output_dir={ref}"])),
                           tmp_path / "points.log", monkeypatch)
@@ -184,7 +176,7 @@ def test_export(trained_run, tmp_path, monkeypatch):
 def test_evaluate(moment, trained_run, prepared_tiny, one_thread, tmp_path, monkeypatch):
     from seg2sat.stages import evaluate, export
 
-    export.run(compose("export", [f"paths.root_dir={tmp_path}", f"run_dir={trained_run}",
+    export.run(compose("export", [f"paths.root_dir={tmp_path}", f"run_dir={trained_run.run_dir}",
                                   f"output_dir={tmp_path / 'model'}"]))
 
     def setup(root):
@@ -211,7 +203,7 @@ def test_synthesize(moment, trained_run, prepared_tiny, one_thread, tmp_path, mo
     from seg2sat.evaluation.judge import JudgeConfig, load_or_train_judge
     from seg2sat.stages import export, synthesize
 
-    export.run(compose("export", [f"paths.root_dir={tmp_path}", f"run_dir={trained_run}",
+    export.run(compose("export", [f"paths.root_dir={tmp_path}", f"run_dir={trained_run.run_dir}",
                                   f"output_dir={tmp_path / 'model'}"]))
     common = [f"paths.root_dir={tmp_path}", f"paths.prepared_dir={prepared_tiny}", f"model_path={tmp_path / 'model'}",
               "target.n_tiles=3", "sampling.steps=2", "sampling.batch_size=1", "diversity.maps=0",

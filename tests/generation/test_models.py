@@ -8,13 +8,13 @@ import torch
 from seg2sat.errors import LegendError, ModelError
 from seg2sat.generation.models import (
     build_controlnet,
-    build_tiny_components,
     load_components,
     load_pipeline,
     save_pipeline_parts,
-    tiny_tokenizer,
 )
 from seg2sat.generation.pipeline import generate
+from seg2sat.generation.tiny import build_tiny_components
+from seg2sat.generation.tokenizer import tiny_tokenizer
 from seg2sat.hints import codes_to_hint
 
 
@@ -97,12 +97,14 @@ def test_missing_weights_offline_say_what_to_do(tmp_path, monkeypatch):
 
 
 def test_recommended_sampling_comes_from_the_model_info():
-    from seg2sat.generation.models import DEFAULT_SAMPLING, LoadedModel
+    from seg2sat.generation.models import LoadedModel
+    from seg2sat.generation.sampling import recommended_sampling
 
-    assert LoadedModel(None, 64, {}, "x").recommended_sampling == DEFAULT_SAMPLING
+    assert recommended_sampling(None) == recommended_sampling(LoadedModel(None, 64, {}, "x")) == {
+        "steps": 20, "guidance_scale": 7.5, "controlnet_scale": 1.0}
     info = {"base_model": "base", "sampling": {"guidance_scale": 1.0}}
-    assert LoadedModel(None, 64, info, "x").recommended_sampling == {"steps": 20, "guidance_scale": 1.0,
-                                                                     "controlnet_scale": 1.0}
+    assert recommended_sampling(LoadedModel(None, 64, info, "x")) == {"steps": 20, "guidance_scale": 1.0,
+                                                                      "controlnet_scale": 1.0}
 
 
 def test_load_model_returns_tile_and_info(tmp_path):
@@ -117,7 +119,7 @@ def test_load_model_returns_tile_and_info(tmp_path):
 def test_controlnet_hint_encoder_matches_the_vae_factor():
     from diffusers import AutoencoderKL
 
-    from seg2sat.generation.models import controlnet_from_unet, vae_factor
+    from seg2sat.generation.tiny import controlnet_from_unet, vae_factor
 
     parts = build_tiny_components(0)
     assert vae_factor(parts["vae"]) == 4

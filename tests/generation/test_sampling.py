@@ -36,7 +36,7 @@ def test_config_values_and_overrides_win():
 @pytest.mark.parametrize(("changes", "message"), [
     ({"steps": 0}, "sampling.steps=0: must be >= 1"),
     ({"tile": 60}, "sampling.tile=60, sampling.overlap=16: must be multiples of 8"),
-    ({"overlap": 64}, r"sampling.overlap=64: must be in \[0, tile=64\)"),
+    ({"overlap": 64}, r"sampling.overlap=64: must be in \[0, sampling.tile=64\)"),
     ({"batch_size": 0}, "sampling.batch_size=0, sampling.decode_batch_size=2: must be >= 1"),
 ])
 def test_impossible_settings_are_refused(changes, message):

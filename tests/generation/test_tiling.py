@@ -6,14 +6,12 @@ import torch
 
 from seg2sat.errors import Seg2SatError, TilingError
 from seg2sat.generation.models import EMBEDDED_TINY_BASE, load_pipeline, load_pipeline_from_base
-from seg2sat.generation.tiling import (
-    VAE_FACTOR,
+from seg2sat.generation.sampling import VAE_FACTOR
+from seg2sat.generation.tiling import generate_tiled, pad_to_tile, regional_edit
+from seg2sat.generation.windows import (
     balanced_batches,
-    generate_tiled,
     initial_noise,
-    pad_to_tile,
     ramp,
-    regional_edit,
     seam_ratio,
     windows_for,
 )
@@ -150,7 +148,7 @@ def test_no_step_ends_with_a_one_window_call(pipe, monkeypatch):
 
 
 def test_channels_last_changes_no_pixel_beyond_rounding():
-    from seg2sat.generation.models import speed_up_pipeline
+    from seg2sat.generation.devices import speed_up_pipeline
 
     codes = _codes(64, 128, seed=4)
     plain, _, _ = _generate(load_pipeline("tiny-random"), codes, steps=2, seed=3, tile=64, overlap=16)
@@ -162,7 +160,7 @@ def test_channels_last_changes_no_pixel_beyond_rounding():
 
 
 def test_speed_ups_default_to_cuda_only():
-    from seg2sat.generation.models import auto_flag
+    from seg2sat.generation.devices import auto_flag
 
     assert [auto_flag("auto", "cpu"), auto_flag("auto", "cuda"), auto_flag(True, "cpu"), auto_flag("false", "cuda"),
             auto_flag(False, "cuda")] == [False, True, True, False, False]

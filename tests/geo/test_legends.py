@@ -19,17 +19,10 @@ from shapely.geometry import box
 
 from seg2sat.config import compose
 from seg2sat.errors import LegendError
+from seg2sat.geo.geotiff import geotiff_profile, write_geotiff
 from seg2sat.geo.landcover import read_landcover
-from seg2sat.geo.legends import (
-    AUTO,
-    KNOWN_LEGENDS,
-    LEGEND_DIR,
-    Legend,
-    detect_legend,
-    load_named_legend,
-    resolve_legend,
-)
-from seg2sat.geo.raster import geotiff_profile, write_geotiff
+from seg2sat.geo.legends import AUTO, KNOWN_LEGENDS, LEGEND_DIR, Legend, load_named_legend
+from seg2sat.geo.recognise import detect_legend, resolve_legend
 from seg2sat.labels import CODES, OTHER_CODE, check_codes, code_of
 
 # Short names for the FLAIR classes, so each product's expected mapping fits on a few lines.
@@ -233,7 +226,7 @@ def test_product_raster_by_name(tmp_path, name, with_colours):
                                                                            "dynamic_world", "oso"))])
 def test_product_raster_auto_from_colour_table_or_values(tmp_path, caplog, name, with_colours):
     path, expected, valid = _product_raster(tmp_path, name, with_colours=with_colours)
-    caplog.set_level(logging.INFO, logger="seg2sat.geo.legends")
+    caplog.set_level(logging.INFO, logger="seg2sat.geo.recognise")
     lc = read_landcover(path, legend="auto")
     assert lc.codes.tolist() == expected.tolist() and lc.valid.tolist() == valid.tolist()
     evidence = "colour table" if with_colours else "values"
@@ -274,7 +267,7 @@ def test_nlcd_values_without_legend_are_refused(tmp_path, caplog):
     with pytest.raises(LegendError, match=r"^\S*nlcd.tif: values 11, 12, 21 are not FLAIR codes; they look like "
                                           r"nlcd; pass legend=nlcd \(or legend=auto\)$"):
         read_landcover(path)
-    caplog.set_level(logging.INFO, logger="seg2sat.geo.legends")
+    caplog.set_level(logging.INFO, logger="seg2sat.geo.recognise")
     assert read_landcover(path, legend=" Auto ").codes.tolist() == [_codes(["water", "snow", "herb", "herb"])]
     assert f"{path}: legend auto -> nlcd (values and location)" in caplog.messages
 
@@ -307,7 +300,7 @@ def test_nlcd_colour_table_makes_flair_range_values_nlcd(tmp_path):
 def test_flair_codes_stay_flair_with_auto(tmp_path, caplog):
     codes = np.array([CODES], np.uint8)  # 1..19, no colour table
     path = write_geotiff(tmp_path / "msk.tif", codes, "EPSG:2154", Affine(0.2, 0, 0, 0, -0.2, 100))
-    caplog.set_level(logging.INFO, logger="seg2sat.geo.legends")
+    caplog.set_level(logging.INFO, logger="seg2sat.geo.recognise")
     assert detect_legend(path) is None
     lc = read_landcover(path, legend="auto")
     assert lc.codes.tolist() == codes.tolist() and lc.valid.all()

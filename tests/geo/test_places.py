@@ -43,7 +43,7 @@ def test_infer_prompt_names_the_rasters_real_place(geo_samples, tmp_path):
     from seg2sat.config import compose
     from seg2sat.generation.files import FileJob, prompt_for
     from seg2sat.geo.landcover import LandCover
-    from seg2sat.geo.legends import resolve_legend
+    from seg2sat.geo.recognise import resolve_legend
 
     def spec(*overrides):
         return FileJob.from_config(compose("infer", [f"paths.root_dir={tmp_path}", f"input={src}", *overrides])).prompt

@@ -6,7 +6,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from seg2sat.errors import GeoreferenceError, RasterError
-from seg2sat.geo import raster
+from seg2sat.geo import geotiff, raster
 
 T = Affine(0.2, 0, 407473.0, 0, -0.2, 6260587.6)
 CRS_L93 = CRS.from_epsg(2154)
@@ -56,7 +56,7 @@ def test_corrupt_truncated_empty_missing(tmp_path, img_msk):
 
 def test_write_geotiff_round_trip_keeps_crs_transform_nodata(tmp_path):
     arr = np.arange(3 * 40 * 50, dtype=np.uint8).reshape(3, 40, 50)
-    out = raster.write_geotiff(tmp_path / "o.tif", arr, CRS_L93, T, nodata=0, cog=True)
+    out = geotiff.write_geotiff(tmp_path / "o.tif", arr, CRS_L93, T, nodata=0, cog=True)
     back = raster.read_raster(out)
     assert back.crs == CRS_L93 and back.transform == T and back.nodata == 0
     np.testing.assert_array_equal(back.array, arr)
@@ -65,7 +65,7 @@ def test_write_geotiff_round_trip_keeps_crs_transform_nodata(tmp_path):
 
 def test_cog_has_tiles_and_overviews(tmp_path):
     arr = np.zeros((3, 600, 600), np.uint8)
-    out = raster.write_geotiff(tmp_path / "big.tif", arr, CRS_L93, T, cog=True)
+    out = geotiff.write_geotiff(tmp_path / "big.tif", arr, CRS_L93, T, cog=True)
     with rasterio.open(out) as src:
         assert src.profile["tiled"] and src.block_shapes[0] == (512, 512)
         assert src.overviews(1) == [2]
@@ -75,11 +75,11 @@ def test_cog_has_tiles_and_overviews(tmp_path):
 def test_windowed_writer_is_atomic(tmp_path):
     path = tmp_path / "w.tif"
     with pytest.raises(RuntimeError):
-        with raster.open_geotiff_writer(path, 64, 64, 3, "uint8", CRS_L93, T) as w:
+        with geotiff.open_geotiff_writer(path, 64, 64, 3, "uint8", CRS_L93, T) as w:
             w.write(np.ones((3, 32, 32), np.uint8), Window(0, 0, 32, 32))
             raise RuntimeError("killed")
     assert not path.exists() and not list(tmp_path.glob(".tmp-*"))
-    with raster.open_geotiff_writer(path, 64, 64, 3, "uint8", CRS_L93, T, nodata=0) as w:
+    with geotiff.open_geotiff_writer(path, 64, 64, 3, "uint8", CRS_L93, T, nodata=0) as w:
         for r in (0, 32):
             for c in (0, 32):
                 w.write(np.full((3, 32, 32), r + c + 1, np.uint8), Window(c, r, 32, 32))
@@ -95,14 +95,15 @@ def test_real_float_landcover_raster_keeps_georeferencing(geo_samples, tmp_path)
     assert src.nodata == -99999
     assert (~src.valid_mask()).sum() == 1
     assert set(np.unique(src.array[0][src.valid_mask()])) == {1, 2, 3, 4, 5, 6, 7}
-    out = raster.write_geotiff(tmp_path / "s.tif", src.array, src.crs, src.transform, src.nodata)
+    out = geotiff.write_geotiff(tmp_path / "s.tif", src.array, src.crs, src.transform, src.nodata)
     back = raster.read_raster(out)
     assert back.crs == src.crs and back.transform == src.transform and back.nodata == src.nodata
     np.testing.assert_array_equal(back.array, src.array)
 
 
 def test_a_written_geotiff_is_checked_whole(tmp_path):
-    from seg2sat.geo.raster import check_geotiff, check_tiff_blocks, write_geotiff
+    from seg2sat.geo.geotiff import check_geotiff, write_geotiff
+    from seg2sat.geo.tiff import check_tiff_blocks
 
     rng = np.random.default_rng(0)
     path = write_geotiff(tmp_path / "a.tif", rng.integers(0, 255, (3, 300, 280), dtype=np.uint8), "EPSG:2154",

@@ -10,7 +10,8 @@ from pyproj import Transformer
 
 from seg2sat.errors import RasterError
 from seg2sat.geo import stac
-from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
+from seg2sat.geo.geotiff import write_geotiff
+from seg2sat.geo.raster import FLAIR_CRS
 
 GRID = Affine(0.2, 0, 651000.0, 0, -0.2, 6862000.0)  # Paris, Lambert-93
 

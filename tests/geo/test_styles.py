@@ -10,8 +10,10 @@ from affine import Affine
 
 from seg2sat.errors import LegendError, RasterError, VectorError
 from seg2sat.geo import styles
-from seg2sat.geo.legends import KNOWN_LEGENDS, detect_legend, load_named_legend
-from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
+from seg2sat.geo.geotiff import write_geotiff
+from seg2sat.geo.legends import KNOWN_LEGENDS, load_named_legend
+from seg2sat.geo.raster import FLAIR_CRS
+from seg2sat.geo.recognise import detect_legend
 from seg2sat.labels import BY_CODE, CLASSES
 
 GRID = Affine(0.2, 0, 1000, 0, -0.2, 2000)

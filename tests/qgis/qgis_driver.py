@@ -5,8 +5,8 @@
 `spec.json`: {"command": the provider setting, "runs": {name: [algorithm, parameters]},
 "styles": {name: [layer path, style path]}}. `out.json`: per run its outputs, seconds, progress
 seen, error (a QgsProcessingException's message) and each output raster as QGIS reads it (CRS,
-extent, size, pixels); per style what QGIS made of it. Nothing of Seg2Sat is imported here: the
-plugin runs the CLI of the test's own environment.
+extent, size, pixels); per style what QGIS made of it; per algorithm its parameters' defaults.
+Nothing of Seg2Sat is imported here: the plugin runs the CLI of the test's own environment.
 """
 
 import json
@@ -72,6 +72,15 @@ def styled(layer_path, style_path):
     return out
 
 
+def defaults(algorithm):
+    """{parameter: its default as the dialog shows it} (JSON-safe)."""
+    out = {}
+    for p in algorithm.parameterDefinitions():
+        value = p.defaultValue()
+        out[p.name()] = value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+    return out
+
+
 def main():
     with open(sys.argv[1]) as f:
         spec = json.load(f)
@@ -88,7 +97,8 @@ def main():
     Processing.initialize()
     provider = Seg2SatProvider()
     QgsApplication.processingRegistry().addProvider(provider)
-    out = {"algorithms": sorted(a.id() for a in provider.algorithms()), "runs": {}, "styles": {}}
+    out = {"algorithms": sorted(a.id() for a in provider.algorithms()), "runs": {}, "styles": {},
+           "defaults": {a.name(): defaults(a) for a in provider.algorithms()}}
     for name, (algorithm, params, command) in spec["runs"].items():
         ProcessingConfig.setSettingValue(SETTING, command or spec["command"])
         feedback, t0 = Feedback(), time.time()

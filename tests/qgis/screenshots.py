@@ -1,6 +1,7 @@
 """The screenshots of docs/qgis.md, taken from QGIS itself (headless): dialogs and rendered maps.
 
-    QT_QPA_PLATFORM=offscreen PYTHONPATH=qgis_plugin /usr/bin/python3 tests/qgis/screenshots.py \\
+    seg2sat qgis install plugins_dir=<work dir>/plugins
+    QT_QPA_PLATFORM=offscreen PYTHONPATH=<work dir>/plugins /usr/bin/python3 tests/qgis/screenshots.py \\
         "<seg2sat command>" <model> <geo_samples dir> <work dir> docs/screenshots/qgis
 
 Runs the plugin's algorithms on the real sample data (as a geographer would from the toolbox),

@@ -2,8 +2,9 @@
 
 Run with `python -m pytest -m qgis` (needs Debian's `python3-qgis qgis-providers`; `.ci/run` installs
 them). QGIS's Python is the system one: the QGIS side runs in a `/usr/bin/python3` subprocess
-(tests/qgis/qgis_driver.py) with the plugin folder on its path, and the plugin runs the CLI of this
-test's own interpreter (`sys.executable -m seg2sat.cli`), as it runs a user's Seg2Sat environment.
+(tests/qgis/qgis_driver.py) with the plugin installed as `seg2sat qgis install` installs it on its path,
+and the plugin runs the CLI of this test's own interpreter (`sys.executable -m seg2sat.cli`), as it
+runs a user's Seg2Sat environment.
 Outputs are read back through QGIS (CRS, extent, pixels) and compared with the CLI run directly.
 """
 
@@ -22,8 +23,9 @@ from rasterio.windows import Window
 from shapely.geometry import box
 
 from seg2sat.cli import COMMANDS
-from seg2sat.config import CONF_DIR
+from seg2sat.config import CONF_DIR, compose
 from seg2sat.geo import styles
+from seg2sat.geo.qgis import install_plugin
 from seg2sat.stages import infer
 
 pytestmark = pytest.mark.qgis
@@ -67,7 +69,10 @@ def inputs(geo_samples, tmp_path_factory):
     region = gpd.clip(polygons, box(cx - 450, cy - 450, cx + 450, cy + 450))
     region.to_file(tmp / "region.gpkg", promote_to_multi=True)  # one geometry type, as QGIS wants
     styles.write_styles(tmp / "styles", ["nc_landsat96"])
-    return {"tmp": tmp, "strata": strata, "small": small, "extent": (x0, x1, y0, y1), "clip": clip,
+    bad = tmp / "bad.tif"  # six bands: neither a class raster nor a colour hint
+    with rasterio.open(bad, "w", **{**profile, "count": 6, "dtype": "uint8", "nodata": None}) as dst:
+        dst.write(np.ones((6, WINDOW.height, WINDOW.width), np.uint8))
+    return {"tmp": tmp, "bad": bad, "strata": strata, "small": small, "extent": (x0, x1, y0, y1), "clip": clip,
             "polygons": geo_samples / "landsat96_polygons.shp", "mask": tmp / "mask.gpkg",
             "region": tmp / "region.gpkg", "region_bounds": tuple(region.total_bounds), "styles": tmp / "styles",
             "covered_bounds": tuple(covered.total_bounds), "covered_share": float(covered.area.sum() / box(*covered.total_bounds).area)}
@@ -93,6 +98,8 @@ def _spec(i: dict) -> dict:
         "drawing": ["drawing_layer", {"LEGEND": "nlcd", "CRS": "EPSG:5070", "OUTPUT": str(tmp / "draw.gpkg")}, None],
         "bad_legend": ["generate", {"INPUT": str(i["strata"]), "LEGEND": "nope", "EXTENT": extent, **FAST,
                                     "OUTPUT": str(tmp / "bad" / "x.tif")}, None],
+        "bad_bands": ["generate", {"INPUT": str(i["bad"]), "LEGEND": "flair", **FAST,
+                                   "OUTPUT": str(tmp / "bad" / "z.tif")}, None],
         "bad_command": ["generate", {"INPUT": str(i["strata"]), "LEGEND": "nc_landsat96", "EXTENT": extent, **FAST,
                                      "OUTPUT": str(tmp / "bad" / "y.tif")}, "/nonexistent/seg2sat"],
     }
@@ -113,7 +120,9 @@ def qgis_run(inputs):
     """Every algorithm in one headless QGIS session; its report (see qgis_driver.py)."""
     spec, report = inputs["tmp"] / "spec.json", inputs["tmp"] / "report.json"
     spec.write_text(json.dumps(_spec(inputs)))
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(REPO / "qgis_plugin"),
+    plugins = inputs["tmp"] / "plugins"  # the plugin as installed: cli.json, defaults.json and styles beside it
+    install_plugin(plugins_dir=plugins)
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(plugins),
            "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONHOME", None)
     proc = subprocess.run([QGIS_PYTHON, str(Path(__file__).with_name("qgis_driver.py")), str(spec), str(report)],
@@ -233,9 +242,25 @@ def test_legend_styles_load_in_qgis(qgis_run):
 
 
 def test_cli_errors_are_qgis_errors(qgis_run):
-    assert "Could not find 'legend/nope'" in qgis_run["runs"]["bad_legend"]["error"]  # the CLI's line
+    assert "legend=nope: no such choice" in qgis_run["runs"]["bad_legend"]["error"]  # the CLI's line
     bad = qgis_run["runs"]["bad_command"]["error"]
     assert "/nonexistent/seg2sat" in bad and "Processing > Options > Providers > Seg2Sat" in bad
+
+
+def test_errors_name_the_users_layer_not_a_temporary_file(qgis_run, inputs):
+    error = qgis_run["runs"]["bad_bands"]["error"]
+    assert f"layer 'bad' ({inputs['bad']}): 6 bands of uint8" in error, error
+    assert "seg2sat-" not in error  # the plugin's work folder (/tmp/seg2sat-xxxx/z.tif) is not named
+
+
+def test_parameter_defaults_are_the_clis(qgis_run):
+    d = qgis_run["defaults"]
+    infer, mosaic = compose("infer"), compose("mosaic")
+    assert (d["mosaic"]["RESOLUTION"], d["mosaic"]["BLOCK"], d["mosaic"]["HALO"]) == \
+        (mosaic.work_resolution, mosaic.block, mosaic.halo)
+    assert d["repaint"]["MARGIN"] == infer.edit.margin and d["generate"]["SEED"] == infer.sampling.seed
+    assert d["synthesize"]["N_TILES"] == compose("synthesize").target.n_tiles == 48
+    assert d["drawing_layer"]["CRS"] == compose("qgis").crs
 
 
 def test_synthesize_training_tiles(qgis_run, inputs):

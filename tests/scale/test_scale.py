@@ -18,7 +18,8 @@ from affine import Affine
 from seg2sat.atomic import sha256_of
 from seg2sat.config import compose
 from seg2sat.errors import BatchError, ConfigError
-from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
+from seg2sat.geo.geotiff import write_geotiff
+from seg2sat.geo.raster import FLAIR_CRS
 from seg2sat.scale.blocks import axis_weight
 from seg2sat.scale.grid import plan_grid
 from seg2sat.scale.manifest import MANIFEST_NAME, opened
@@ -86,7 +87,7 @@ def test_plan_grid_on_global_lattice():
 
 
 def test_noise_offset_is_the_noise_of_the_global_position():
-    from seg2sat.generation.tiling import initial_noise
+    from seg2sat.generation.windows import initial_noise
 
     whole = initial_noise(7, 48, 64, 16, offset=(0, 0))
     piece = initial_noise(7, 32, 32, 16, offset=(1, 2))
@@ -96,8 +97,8 @@ def test_noise_offset_is_the_noise_of_the_global_position():
 
 def test_origin_off_the_tile_is_refused():
     from seg2sat.errors import TilingError
-    from seg2sat.generation.models import build_tiny_pipeline
     from seg2sat.generation.tiling import generate_tiled
+    from seg2sat.generation.tiny import build_tiny_pipeline
 
     with pytest.raises(TilingError, match=r"origin \(8, 0\) must be a multiple of the tile 64"):
         generate_tiled(build_tiny_pipeline(0), np.full((64, 64), 6, np.uint8), "x", lambda r, rgb: None, steps=1,
@@ -240,6 +241,8 @@ def test_failed_block_is_listed_masked_and_exits_nonzero(tmp_path, one_thread):
     assert (mask == 0).all()  # its neighbours wait for it: nothing unfinished looks finished
 
 
+# Ray clusters of 1 and 2 workers (tens of seconds): in CI's `-m slow` run, not the default one.
+@pytest.mark.slow
 def test_driver_killed_then_rerun_equals_uninterrupted(reference, lc_path, tmp_path):
     ref, (rgb, *_) = reference
     out = tmp_path / "out"
@@ -290,6 +293,8 @@ def ray_cluster():
     shutil.rmtree(temp, ignore_errors=True)
 
 
+# Ray clusters of 1 and 2 workers (tens of seconds): in CI's `-m slow` run, not the default one.
+@pytest.mark.slow
 def test_ray_one_and_two_workers_equal_local(ray_cluster, reference, lc_path, tmp_path):
     _, (rgb, mask, *_) = reference
     for n in (1, 2):
@@ -300,6 +305,8 @@ def test_ray_one_and_two_workers_equal_local(ray_cluster, reference, lc_path, tm
         np.testing.assert_array_equal(got_mask, mask)
 
 
+# Ray clusters of 1 and 2 workers (tens of seconds): in CI's `-m slow` run, not the default one.
+@pytest.mark.slow
 def test_ray_worker_sigkill_mid_block_is_retried(ray_cluster, reference, lc_path, tmp_path):
     _, (rgb, *_) = reference
     out = tmp_path / "out"

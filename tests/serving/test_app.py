@@ -3,6 +3,7 @@
 import importlib.util
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from seg2sat.config import APP_CONFIG_ENV, CONF_DIR, compose
-from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
+from seg2sat.geo.geotiff import write_geotiff
+from seg2sat.geo.raster import FLAIR_CRS
 from seg2sat.hints import codes_to_hint
 from seg2sat.labels import BY_CODE
 from seg2sat.serving import app_support as sup
@@ -168,7 +170,7 @@ def test_read_upload_refuses_unsupported_types_and_paths():
 
 
 def test_edit_regenerates_only_the_painted_area(app_env):
-    app_env("app.edit_margin=4")
+    app_env("edit.margin=4")
     rng = np.random.default_rng(0)
     aerial = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
     strokes = np.zeros((64, 80, 4), np.uint8)
@@ -187,6 +189,37 @@ def test_edit_regenerates_only_the_painted_area(app_env):
     assert np.abs(new[20:40, 30:50].astype(int) - aerial[20:40, 30:50].astype(int)).mean() > 10
 
 
+def test_edit_gives_the_pixels_infer_gives_for_the_same_edit(app_env, tmp_path):
+    """One edit, two doors: the Edit page and `seg2sat infer edit.image=...` (one margin, one prompt rule)."""
+    from seg2sat.stages import infer
+
+    cfg = app_env("sampling.steps=2", "sampling.seed=7")
+    transform = Affine(0.2, 0, 1000, 0, -0.2, 2000)
+    aerial = np.random.default_rng(1).integers(0, 256, (3, 64, 80), dtype=np.uint8)
+    image = write_geotiff(tmp_path / "aerial.tif", aerial, FLAIR_CRS, transform)
+    strokes = np.zeros((64, 80, 4), np.uint8)
+    strokes[20:40, 30:50, :3] = BY_CODE[5].rgb  # paint a pond
+    strokes[20:40, 30:50, 3] = 255
+    at = _at("pages/2_Edit.py")
+    at.session_state["test_edit_strokes"] = strokes
+    at.run()
+    at.file_uploader(key="edit_upload").set_value(("aerial.tif", image.read_bytes(), "image/tiff")).run()
+    at.button(key="regenerate").click().run()
+    assert not at.exception
+    # the same pond as a land-cover GeoTIFF on the image's grid, through the command line
+    pond = write_geotiff(tmp_path / "pond.tif", np.full((1, 20, 20), 5, np.uint8), FLAIR_CRS,
+                         transform * Affine.translation(30, 20))
+    run_cfg = OmegaConf.merge(cfg, {"input": str(pond), "edit": {"image": str(image)},
+                                    "output_dir": str(tmp_path / "out"), "preview": False, "cog": False})
+    out = infer.run(run_cfg).outputs[0]
+    with rasterio.open(out) as src:
+        inferred = np.moveaxis(src.read(), 0, -1)
+    sidecar = json.loads(Path(f"{out}.json").read_text())
+    assert at.session_state["edit_prompt"] == sidecar["prompt"] and sidecar["margin"] == cfg.edit.margin == 16
+    np.testing.assert_array_equal(at.session_state["edit_result"], inferred)
+    assert (inferred != np.moveaxis(aerial, 0, -1)).any(-1).sum() > 20 * 20  # the pond and its margin changed
+
+
 def test_batch_runs_a_geotiff(app_env, tmp_path):
     app_env()
     codes = np.full((1, 96, 120), 10, np.uint8)
@@ -194,6 +227,11 @@ def test_batch_runs_a_geotiff(app_env, tmp_path):
     tif = write_geotiff(tmp_path / "road.tif", codes, FLAIR_CRS, Affine(0.2, 0, 500, 0, -0.2, 800))
     at = _at("pages/3_Batch.py").run()
     at.file_uploader(key="batch_upload").set_value(("road.tif", tif.read_bytes(), "image/tiff")).run()
+    # widget values other than the config's (steps 2, seed 0): the run must use the widgets'
+    at.slider(key="batch_steps").set_value(3)
+    at.number_input(key="batch_seed").set_value(5)
+    at.slider(key="batch_guidance").set_value(4.5)
+    at.slider(key="batch_cn").set_value(0.5)
     at.button(key="batch_go").click().run()
     assert not at.exception, at.exception
     data, sidecar = at.session_state["batch_result"]
@@ -202,7 +240,7 @@ def test_batch_runs_a_geotiff(app_env, tmp_path):
     with rasterio.open(out) as src:
         assert src.crs == FLAIR_CRS and src.transform == Affine(0.2, 0, 500, 0, -0.2, 800)
         assert (src.count, src.height, src.width) == (3, 96, 120)
-    assert sidecar["steps"] == 2
+    assert (sidecar["steps"], sidecar["seed"], sidecar["guidance_scale"], sidecar["controlnet_scale"]) == (3, 5, 4.5, 0.5)
     # over the page's pixel limit: a message, no traceback
     big = write_geotiff(tmp_path / "big.tif", np.ones((1, 160, 160), np.uint8), FLAIR_CRS,
                         Affine(0.2, 0, 0, 0, -0.2, 0))
@@ -255,6 +293,8 @@ def test_course_page_embeddings(app_env):
     assert at.session_state["emb_hits"][0] == "Aerial view of Landes. coniferous, water"
 
 
+# The small LLM (tens of seconds to load): in CI's `-m slow` run, not the default one.
+@pytest.mark.slow
 def test_course_page_chat(app_env):
     from seg2sat.course import llm
     from seg2sat.course.deps import CourseDependencyError

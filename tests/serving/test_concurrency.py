@@ -12,7 +12,8 @@ from affine import Affine
 from seg2sat.config import compose
 from seg2sat.generation.models import load_model
 from seg2sat.generation.sampling import Sampling
-from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
+from seg2sat.geo.geotiff import write_geotiff
+from seg2sat.geo.raster import FLAIR_CRS
 from seg2sat.serving import app_support as sup
 from seg2sat.serving.device_queue import DeviceQueue
 

@@ -8,7 +8,8 @@ from affine import Affine
 from PIL import Image
 
 from seg2sat.data.flair import METADATA_NAME
-from seg2sat.geo.raster import FLAIR_CRS, FLAIR_RESOLUTION, write_geotiff
+from seg2sat.geo.geotiff import write_geotiff
+from seg2sat.geo.raster import FLAIR_CRS, FLAIR_RESOLUTION
 from seg2sat.hints import hint_to_codes
 
 REAL_IDS = ("066278", "067998", "073879")

@@ -16,13 +16,8 @@ from seg2sat.generation.pipeline import generate
 from seg2sat.hints import codes_to_hint
 from seg2sat.labels import CLASSES
 from seg2sat.prompts import DEFAULT_TEMPLATE
-from seg2sat.stages import demo, export, train
+from seg2sat.stages import demo, export
 from seg2sat.training.export import trained_with
-
-
-@pytest.fixture
-def trained_run(train_cfg):
-    return train.run(train_cfg("max_steps=2", "checkpointing_steps=2"))
 
 
 def test_export_round_trip(trained_run, stage_cfg, tmp_path):
@@ -83,8 +78,9 @@ def test_demo_end_to_end_reduced(tmp_path):
     result = demo.run(cfg)
     assert result.sample_image.exists() and result.sample_image.suffix == ".png"
     assert (result.model_dir / MODEL_INFO).exists() and (result.model_dir / "validation_grid.png").exists()
-    for key in ("generated", "untrained", "real_images", "vae_round_trip"):
-        assert 0.0 <= result.fidelity[key]["miou"] <= 1.0
+    for key in ("generated", "untrained", "real_images", "vae_round_trip"):  # each mIoU is its classes' mean
+        per_class = result.fidelity[key]["per_class_iou"]
+        assert result.fidelity[key]["miou"] == pytest.approx(np.mean(list(per_class.values()))) and per_class
     assert result.fidelity["num_images"] == 2
     info = json.loads((result.model_dir / MODEL_INFO).read_text())
     assert info["fidelity"]["generated"]["miou"] == result.fidelity["generated"]["miou"]

@@ -10,7 +10,8 @@ from affine import Affine
 from PIL import Image
 
 from seg2sat.errors import LegendError, RasterError, Seg2SatError
-from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
+from seg2sat.geo.geotiff import write_geotiff
+from seg2sat.geo.raster import FLAIR_CRS
 from seg2sat.hints import codes_to_hint, hint_to_codes
 from seg2sat.stages import infer
 

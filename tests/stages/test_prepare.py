@@ -146,7 +146,8 @@ def test_missing_root_is_a_clear_error(stage_cfg, tmp_path):
 def test_flair2_tree_keeps_its_flair1_codes(stage_cfg, tmp_path):
     from affine import Affine
 
-    from seg2sat.geo.raster import FLAIR_CRS, write_geotiff
+    from seg2sat.geo.geotiff import write_geotiff
+    from seg2sat.geo.raster import FLAIR_CRS
 
     root = tmp_path / "flair2"
     codes = (np.arange(16 * 16).reshape(16, 16) % 19 + 1).astype(np.uint8)  # every code 1..19
@@ -170,7 +171,7 @@ def test_tiles_outside_france_are_captioned_with_their_real_place(stage_cfg, tmp
     from affine import Affine
 
     from seg2sat.data.flair import METADATA_NAME
-    from seg2sat.geo.raster import write_geotiff
+    from seg2sat.geo.geotiff import write_geotiff
 
     root = tmp_path / "nc"
     codes = np.full((16, 16), 7, np.uint8)

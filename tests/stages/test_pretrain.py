@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from seg2sat.generation.models import load_components, vae_factor
+from seg2sat.generation.models import load_components
+from seg2sat.generation.tiny import vae_factor
 from seg2sat.stages import pretrain
 from seg2sat.training.tiny_base import EVAL_TIMESTEPS, PRETRAIN_RECORD
 

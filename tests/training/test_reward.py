@@ -6,13 +6,8 @@ import torch
 
 from seg2sat.errors import ConfigError
 from seg2sat.evaluation.judge import JudgeConfig, load_or_train_judge, split_arrays, train_judge
-from seg2sat.generation.models import (
-    EMBEDDED_TINY_BASE,
-    Components,
-    build_tiny_components,
-    controlnet_from_unet,
-    load_components,
-)
+from seg2sat.generation.models import EMBEDDED_TINY_BASE, Components, load_components
+from seg2sat.generation.tiny import build_tiny_components, controlnet_from_unet
 from seg2sat.hints import codes_to_hint
 from seg2sat.labels import CODES
 from seg2sat.training.objective import diffusion_forward
@@ -90,6 +85,8 @@ def test_the_reward_gradient_reaches_only_the_controlnet(four):
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
+# An overfit of a few hundred steps (tens of seconds): in CI's `-m slow` run, not the default one.
+@pytest.mark.slow
 def test_the_reward_falls_on_a_tiny_overfit(four):
     """Four maps, the reward alone, on the shipped base: the ControlNet learns images the segmenter reads better.
 

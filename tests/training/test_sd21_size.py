@@ -12,16 +12,14 @@ import torch
 
 from seg2sat.config import compose
 from seg2sat.data.dataset import tokenize
-from seg2sat.generation.models import (
-    Components,
-    _pipeline,
+from seg2sat.generation.models import Components, load_model, save_pipeline_parts
+from seg2sat.generation.tiling import generate_tiled
+from seg2sat.generation.tiny import (
+    assemble_pipeline,
     build_sd21_base_random_components,
     controlnet_from_unet,
-    load_model,
-    save_pipeline_parts,
     vae_factor,
 )
-from seg2sat.generation.tiling import generate_tiled
 from seg2sat.hints import codes_to_hint
 from seg2sat.training.export import export_model
 from seg2sat.training.objective import compute_loss
@@ -71,7 +69,7 @@ def test_one_training_step_reaches_only_the_controlnet(parts):
 
 
 def test_one_tiled_window_at_real_size(parts):
-    pipe = _pipeline(parts, controlnet_from_unet(parts["unet"], parts["vae"]).to(DEVICE, DTYPE), "unipc")
+    pipe = assemble_pipeline(parts, controlnet_from_unet(parts["unet"], parts["vae"]).to(DEVICE, DTYPE), "unipc")
     pipe.set_progress_bar_config(disable=True)
     rows = []
     result = generate_tiled(pipe, _codes(), PROMPT, lambda r, rgb: rows.append((r, rgb)), steps=2, tile=64,

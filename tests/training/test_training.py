@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from seg2sat.data.dataset import LatentCache
+from seg2sat.data.latent_cache import LatentCache
 from seg2sat.errors import ConfigError, Seg2SatError
-from seg2sat.generation.models import Components, build_tiny_components
+from seg2sat.generation.models import Components
+from seg2sat.generation.tiny import build_tiny_components
 from seg2sat.stages import train
 from seg2sat.training.checkpoint import list_checkpoints, resolve_resume
 from seg2sat.training.objective import compute_loss
@@ -139,7 +140,7 @@ def test_validation_writes_images_and_grid(train_cfg):
 def test_loss_target_follows_the_base_scheduler(prediction_type):
     from diffusers import DDPMScheduler
 
-    from seg2sat.generation.models import controlnet_from_unet
+    from seg2sat.generation.tiny import controlnet_from_unet
 
     parts = build_tiny_components(0)
     sched = DDPMScheduler.from_config(parts.pop("scheduler").config, prediction_type=prediction_type)
@@ -197,8 +198,8 @@ def test_cubic_timesteps_favour_high_noise():
 
 
 def test_zero_convs_get_their_own_learning_rate():
-    from seg2sat.generation.models import controlnet_from_unet
-    from seg2sat.training.loop import param_groups
+    from seg2sat.generation.tiny import controlnet_from_unet
+    from seg2sat.training.setup import param_groups
 
     parts = build_tiny_components(0)
     cn = controlnet_from_unet(parts["unet"], parts["vae"])
@@ -222,7 +223,7 @@ def test_dataloader_workers_change_nothing_but_speed(train_cfg):
 
 
 def test_auto_workers_are_none_on_cpu_and_cores_less_one_on_a_gpu(train_cfg, monkeypatch):
-    from seg2sat.training.loop import num_workers
+    from seg2sat.training.setup import num_workers
 
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     cfg = train_cfg()
