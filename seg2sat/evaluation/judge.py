@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -176,23 +176,26 @@ class Judge:
         self.info = info
 
     @torch.no_grad()
-    def classify(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """(H, W, 3) or (N, H, W, 3) uint8 images -> (H, W) or (N, H, W) uint8 codes."""
-        images = np.asarray(images)
-        single = images.ndim == 3
-        batch = images[None] if single else images
+    def logits(self, batch: np.ndarray, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """(N, H, W, 3) uint8 -> (start, logits of images start..start+batch_size), class 0 never predicted."""
         h, w = batch.shape[1:3]
         ph, pw = -h % 4, -w % 4  # the U-Net pools twice
-        batch_size = max(1, batch_size * 64 * 64 // (h * w))  # activations bounded whatever the tile size
-        out = []
         for i in range(0, len(batch), batch_size):
             x = to_tensor(batch[i : i + batch_size])
             if ph or pw:
                 x = F.pad(x, (0, pw, 0, ph), mode="reflect")
             logits = self.net(x)[:, :, :h, :w]
             logits[:, 0] = -torch.inf  # 0 is not a FLAIR code
-            out.append(logits.argmax(1).to(torch.uint8).numpy())
-        codes = np.concatenate(out)
+            yield i, logits
+
+    def classify(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """(H, W, 3) or (N, H, W, 3) uint8 images -> (H, W) or (N, H, W) uint8 codes."""
+        images = np.asarray(images)
+        single = images.ndim == 3
+        batch = images[None] if single else images
+        h, w = batch.shape[1:3]
+        batch_size = max(1, batch_size * 64 * 64 // (h * w))  # activations bounded whatever the tile size
+        codes = np.concatenate([lg.argmax(1).to(torch.uint8).numpy() for _, lg in self.logits(batch, batch_size)])
         return codes[0] if single else codes
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from seg2sat.errors import ConfigError
-from seg2sat.evaluation.judge import Judge, to_tensor
+from seg2sat.evaluation.judge import Judge
 from seg2sat.labels import MAX_CODE
 
 DEFAULT_FACTOR = 1.25  # FreeMask's threshold (conf/synthesize.yaml holds the setting)
@@ -53,15 +53,8 @@ class TrustSettings:
 @torch.no_grad()
 def pixel_losses(judge: Judge, images: np.ndarray, codes: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """(N, H, W) cross-entropy of each pixel's code under the judge (unweighted; code 0 is never predicted)."""
-    h, w = codes.shape[1:3]
-    ph, pw = -h % 4, -w % 4  # the U-Net pools twice
     out = []
-    for i in range(0, len(images), batch_size):
-        x = to_tensor(images[i:i + batch_size])
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="reflect")
-        logits = judge.net(x)[:, :, :h, :w]
-        logits[:, 0] = -torch.inf  # as Judge.classify: 0 is not a FLAIR code
+    for i, logits in judge.logits(images, batch_size):
         target = torch.from_numpy(codes[i:i + batch_size].astype(np.int64))
         out.append(F.cross_entropy(logits, target, reduction="none").numpy())
     return np.concatenate(out)
